@@ -1,0 +1,215 @@
+"""``bench`` command line: cell, suite, leaderboard, list, doctor.
+
+User errors (:class:`bench.errors.BenchError`) end as one line on stderr and a non-zero
+exit code; tracebacks are for bugs (``--debug`` shows them for everything).
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import sys
+
+import click
+
+from bench.errors import BenchError
+
+log = logging.getLogger("bench")
+
+
+def setup_logging(debug: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+        force=True,
+    )
+    for noisy in ("alembic", "mlflow", "matplotlib", "PIL", "urllib3", "git", "torch_geometric"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def user_errors(fn):
+    """Turn BenchError into a one-line message and exit code; keep tracebacks for bugs."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except BenchError as exc:
+            if logging.getLogger().isEnabledFor(logging.DEBUG):
+                raise
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            click.echo("interrupted: finished runs are kept; run the same command again to resume", err=True)
+            sys.exit(130)
+
+    return wrapper
+
+
+data_dir_opt = click.option("--data-dir", type=click.Path(file_okay=False), default=None,
+                            help="folder with <flag>.npz (default: $BENCH_DATA_DIR, else ~/.medmnist)")
+unverified_opt = click.option("--allow-unverified-data", is_flag=True, default=None,
+                              help="accept data whose MD5 differs from the official one (runs are tagged)")
+progress_opt = click.option("--progress/--no-progress", default=None, help="progress bars (default: on a terminal)")
+
+
+def _progress(value):
+    return sys.stderr.isatty() if value is None else value
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--debug", is_flag=True, help="debug logging and full tracebacks")
+def main(debug: bool) -> None:
+    """medauc-bench: Deep AUC Maximization on MedMNIST, tracked in MLflow."""
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    setup_logging(debug)
+
+
+@main.command()
+@click.option("--dataset", required=True, help="a MedMNIST flag, e.g. breastmnist")
+@click.option("--objective", required=True, help="ce, aucm, ap, pauc, pauc_dro, compauc")
+@click.option("--model", default=None, help="default: models.2d / models.3d of suites/_base.yaml")
+@click.option("--aug/--no-aug", default=False, show_default=True)
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--protocol", type=click.Choice(["official", "cv5"]), default="official", show_default=True)
+@click.option("--fold", type=click.IntRange(0, 4), default=None, help="cv5 fold 0-4")
+@click.option("--epochs", type=click.IntRange(min=1), default=None)
+@click.option("--batch-size", type=click.IntRange(min=2), default=None)
+@click.option("--precision", type=click.Choice(["auto", "bf16", "fp32"]), default=None)
+@click.option("--experiment", default="medauc-bench/cells", show_default=True)
+@data_dir_opt
+@unverified_opt
+@progress_opt
+@user_errors
+def cell(dataset, objective, model, aug, seed, protocol, fold, epochs, batch_size, precision, experiment, data_dir,
+         allow_unverified_data, progress):
+    """Train and evaluate one cell as one MLflow run."""
+    from bench.config import base_config, deep_merge, expand, suites_dir, validate
+    from bench.driver import data_fingerprint
+    from bench.errors import ConfigError
+    from bench.runner import run_one
+    from bench.tracking import Tracker
+
+    if protocol == "cv5" and fold is None:
+        raise ConfigError("--protocol cv5 needs --fold 0-4")
+    over: dict = {"grid": {"dataset": [dataset], "objective": [objective], "aug": [aug], "seed": [seed],
+                           "protocol": [protocol]}, "train": {}}
+    if epochs is not None:
+        over["train"]["epochs"] = epochs
+    if batch_size is not None:
+        over["train"]["batch_size"] = batch_size
+    if precision is not None:
+        over["train"]["precision"] = precision
+    if model is not None:
+        over["datasets"] = {dataset: {"model": model}}
+    path = suites_dir() / "_base.yaml"
+    doc = deep_merge(base_config(), over)
+    validate(doc, path)
+    cells = expand(doc, path, data_fingerprint(data_dir))
+    if protocol == "cv5":
+        cells = [c for c in cells if c.fold == fold]
+    the_cell = cells[0]
+    if the_cell.init_from:
+        raise ConfigError("bench cell runs single-stage recipes; use a suite for init_from recipes")
+    tracker = Tracker(experiment)
+    tracker.mark_stale()
+    lock = tracker.cell_lock(the_cell.cell_id)
+    if not lock.acquire():
+        raise ConfigError(f"cell {the_cell.run_name} ({the_cell.cell_id}) is being run by another process")
+    try:
+        res = run_one(tracker, the_cell, "cells", None, lock, data_root=data_dir,
+                      allow_unverified=allow_unverified_data, progress=_progress(progress))
+    finally:
+        lock.release()
+    if res.status == "finished":
+        click.echo(res.line())
+        return
+    click.echo(f"error: {res.error}" if res.status == "failed" else res.line(), err=True)
+    sys.exit(1 if res.status == "failed" else 3)
+
+
+@main.command()
+@click.argument("name")
+@click.option("--rerun", is_flag=True, help="run cells again even when a FINISHED run exists")
+@click.option("--only", multiple=True, metavar="KEY=VALUE", help="keep matching cells (dataset, objective, aug, seed, protocol, fold, model)")
+@click.option("--max-cells", type=int, default=None, help="run at most N cells of the (filtered) grid")
+@click.option("--dry-run", is_flag=True, help="list the cells, their status and a time estimate")
+@click.option("--experiment", default=None, help="MLflow experiment (default medauc-bench/<suite>)")
+@click.option("--no-leaderboard", is_flag=True, help="do not regenerate the leaderboard at the end")
+@data_dir_opt
+@unverified_opt
+@progress_opt
+@user_errors
+def suite(name, rerun, only, max_cells, dry_run, experiment, no_leaderboard, data_dir, allow_unverified_data, progress):
+    """Run the declared suite NAME (suites/NAME.yaml), resuming where it stopped."""
+    from bench.driver import run_suite
+
+    out = run_suite(name, rerun=rerun, only=only, max_cells=max_cells, dry=dry_run, data_root=data_dir,
+                    allow_unverified=allow_unverified_data, experiment=experiment, progress=_progress(progress),
+                    leaderboard=not no_leaderboard)
+    if dry_run:
+        click.echo(out)
+        return
+    for r in out.results:
+        click.echo(r.line())
+    click.echo(out.table())
+    if out.failed:
+        sys.exit(1)
+
+
+@main.command("list")
+def list_() -> None:
+    """Datasets, models and objectives."""
+    from tabulate import tabulate
+
+    from bench.config import available_suites
+    from bench.data import DATASETS, get_spec
+    from bench.models import MODELS, model_info
+    from bench.objectives import OBJECTIVES
+
+    rows = []
+    for flag in DATASETS:
+        s = get_spec(flag)
+        rows.append([flag, s.task, s.n_labels, "3D" if s.is_3d else "2D", "/".join(str(s.n_samples[k]) for k in ("train", "val", "test"))])
+    click.echo(tabulate(rows, ["dataset", "task", "labels", "dims", "train/val/test"]) + "\n")
+    rows = [[m, f"{model_info(m).dims}D", "yes" if model_info(m).paper_faithful else "no", model_info(m).description] for m in MODELS]
+    click.echo(tabulate(rows, ["model", "dims", "paper", "description"]) + "\n")
+    rows = []
+    for o in OBJECTIVES:
+        cls = OBJECTIVES.get(o)
+        rows.append([o, (cls.__doc__ or "").strip().splitlines()[0], "yes" if cls.multilabel is None else "no"])
+    click.echo(tabulate(rows, ["objective", "what", "multi-label"]) + "\n")
+    click.echo("suites: " + ", ".join(available_suites()))
+
+
+@main.command()
+@click.option("--suite", "suite_name", required=True, help="suite whose runs to aggregate")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None, help="output folder (default leaderboard/)")
+@click.option("--from-csv", "from_csv", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="rebuild from a <suite>-runs.csv export instead of MLflow")
+@click.option("--experiment", default=None)
+@user_errors
+def leaderboard(suite_name, out_dir, from_csv, experiment):
+    """Aggregate a suite's runs into leaderboard/<suite>.md (+ CSVs and charts)."""
+    from leaderboard.build import build_leaderboard
+
+    path = build_leaderboard(suite_name, out_dir=out_dir, from_csv=from_csv, experiment=experiment)
+    click.echo(f"wrote {path}")
+
+
+@main.command()
+@data_dir_opt
+@user_errors
+def doctor(data_dir):
+    """Check data files, tracking store and hardware path; print a table."""
+    from bench.doctor import run_doctor
+
+    text, ok = run_doctor(data_dir)
+    click.echo(text)
+    if not ok:
+        sys.exit(1)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

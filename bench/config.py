@@ -1,0 +1,413 @@
+"""Suite YAML -> validated, frozen cells.
+
+A suite file may ``include:`` others (``_base.yaml`` holds every default once); included
+files are merged first, the including file overrides (dicts merge key by key, lists and
+scalars replace). The merged document is validated against :data:`SCHEMA`: an unknown
+key, dataset, objective, recipe or model, or a wrong type, is a :class:`ConfigError`
+naming the file, the key path and a did-you-mean.
+
+A *cell* is one (dataset, recipe, model, aug, seed, protocol, fold) with everything
+resolved. Its id is a short sha256 of its canonical JSON plus the data fingerprint and
+the package version, so the same suite with the same code and data always gives the same
+ids, and any change of hyperparameters gives new ones.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import itertools
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from bench import __version__
+from bench.data import DATASETS, N_FOLDS, PROTOCOLS
+from bench.errors import ConfigError
+from bench.models import MODELS, model_info
+from bench.objectives import OBJECTIVES
+from bench.registry import did_you_mean, unknown
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PRECISIONS = ("auto", "bf16", "fp32")
+
+
+def suites_dir() -> Path:
+    return Path(os.environ.get("BENCH_SUITES_DIR", PROJECT_ROOT / "suites")).resolve()
+
+
+# --------------------------------------------------------------------------- resolved config
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Training settings shared by every objective (defaults: ``suites/_base.yaml: train``)."""
+
+    epochs: int
+    batch_size: int
+    eval_batch_size: int
+    precision: str  # auto | bf16 | fp32
+    patience: int  # early stopping on val AUC; 0 = off
+    split_seed: int  # cv5 fold assignment; independent of the training seed
+    voxel_scale: bool  # 3D shape masks: MedMNIST's x*U(0,1) in training, x*0.5 at eval
+    ema: float  # EMA decay of weights evaluated/selected instead of the raw ones; 0 = off
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One benchmark cell, fully resolved. Picklable; nothing depends on the driver."""
+
+    dataset: str
+    recipe: str  # the name in the grid: an objective or a key of ``recipes``
+    objective: str  # the objective family in ``bench.objectives``
+    params: tuple  # sorted (name, value) pairs of the objective hyperparameters
+    model: str
+    aug: bool
+    seed: int
+    protocol: str
+    fold: int | None
+    train: TrainConfig
+    init_from: str | None = None  # recipe whose finished cell initializes this one
+    data_fingerprint: str = ""  # md5 of the data file (expected md5 when absent)
+
+    @property
+    def params_dict(self) -> dict:
+        return dict(self.params)
+
+    def identity(self, with_seed_fold: bool = True) -> dict:
+        d = dataclasses.asdict(self)
+        d["params"] = [list(p) for p in self.params]
+        d["version"] = __version__
+        if not with_seed_fold:
+            d.pop("seed")
+            d.pop("fold")
+        return d
+
+    @property
+    def cell_id(self) -> str:
+        return _digest(self.identity())
+
+    @property
+    def group_id(self) -> str:
+        return _digest(self.identity(with_seed_fold=False))
+
+    @property
+    def run_name(self) -> str:
+        fold = f"f{self.fold}" if self.fold is not None else ""
+        return f"{self.dataset}-{self.recipe}-{'aug' if self.aug else 'noaug'}-s{self.seed}-{self.protocol}{fold}"
+
+    def flat_params(self) -> dict:
+        """MLflow params: flat names, strings."""
+        out = {
+            "dataset": self.dataset, "recipe": self.recipe, "objective": self.objective, "model": self.model,
+            "aug": self.aug, "seed": self.seed, "protocol": self.protocol,
+            "fold": "" if self.fold is None else self.fold, "init_from": self.init_from or "",
+        }
+        out.update({k: v for k, v in dataclasses.asdict(self.train).items()})
+        out.update({f"{self.objective}.{k}": v for k, v in self.params})
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in out.items()}
+
+    def with_recipe(self, recipe: "ResolvedRecipe") -> "Cell":
+        return dataclasses.replace(
+            self, recipe=recipe.name, objective=recipe.objective, params=recipe.params, init_from=recipe.init_from
+        )
+
+
+def _digest(obj) -> str:
+    blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class ResolvedRecipe:
+    name: str
+    objective: str
+    params: tuple
+    init_from: str | None
+
+
+@dataclass(frozen=True)
+class Suite:
+    name: str
+    path: Path
+    description: str
+    experiment: str
+    runtime: str
+    doc: dict = field(repr=False, hash=False, compare=False)
+
+    def cells(self, data_fingerprint=lambda flag: "") -> list[Cell]:
+        return expand(self.doc, self.path, data_fingerprint)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _load_yaml(path: Path) -> dict:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read suite file ({exc.strerror})") from None
+    try:
+        doc = yaml.safe_load(text)  # safe: no python objects from a suite file
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{path}:{line}: invalid YAML ({problem})") from None
+    if doc is None:
+        doc = {}
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{path}: a suite file must be a mapping of keys, got {type(doc).__name__}")
+    return doc
+
+
+def deep_merge(base: dict, over: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def load_merged(path: Path, _seen: tuple = ()) -> dict:
+    """Load ``path`` with its ``include:`` chain merged in (cycles are errors)."""
+    path = path.resolve()
+    if path in _seen:
+        raise ConfigError(f"{path}: include cycle ({' -> '.join(p.name for p in (*_seen, path))})")
+    doc = _load_yaml(path)
+    includes = doc.pop("include", [])
+    if isinstance(includes, str):
+        includes = [includes]
+    if not isinstance(includes, list) or not all(isinstance(i, str) for i in includes):
+        raise ConfigError(f"{path}: 'include' must be a file name or a list of them")
+    merged: dict = {}
+    for inc in includes:
+        inc_path = (path.parent / inc).resolve()
+        if not inc_path.is_file():
+            raise ConfigError(f"{path}: included file '{inc}' not found in {path.parent}")
+        merged = deep_merge(merged, load_merged(inc_path, (*_seen, path)))
+    return deep_merge(merged, doc)
+
+
+def available_suites() -> list[str]:
+    return sorted(p.stem for p in suites_dir().glob("*.yaml") if not p.stem.startswith("_"))
+
+
+def suite_path(name: str) -> Path:
+    candidate = Path(name)
+    if candidate.suffix in (".yaml", ".yml") and candidate.is_file():
+        return candidate.resolve()
+    path = suites_dir() / f"{name}.yaml"
+    if not path.is_file() or name.startswith("_"):
+        raise unknown("suite", name, available_suites(), where=str(suites_dir()))
+    return path
+
+
+def load_suite(name: str) -> Suite:
+    path = suite_path(name)
+    doc = load_merged(path)
+    validate(doc, path)
+    suite_name = doc.get("suite") or path.stem
+    cells = expand(doc, path, lambda flag: "")  # validates names and the grid now, not mid-run
+    if not cells:
+        raise ConfigError(f"{path}: the grid expands to no cells; give every axis under 'grid' at least one value")
+    return Suite(
+        name=suite_name,
+        path=path,
+        description=str(doc.get("description", "")).strip(),
+        experiment=doc.get("experiment") or f"medauc-bench/{suite_name}",
+        runtime=str(doc.get("runtime", "")).strip(),
+        doc=doc,
+    )
+
+
+def base_config() -> dict:
+    """The merged and validated ``_base.yaml`` (the one place defaults live)."""
+    path = suites_dir() / "_base.yaml"
+    doc = load_merged(path)
+    validate(doc, path)
+    return doc
+
+
+# --------------------------------------------------------------------------- validation
+
+ANY = object()
+SCHEMA: dict = {
+    "suite": str,
+    "description": str,
+    "experiment": str,
+    "runtime": str,
+    "grid": {"dataset": list, "objective": list, "aug": list, "seed": list, "protocol": list},
+    "train": {f.name: f.type for f in dataclasses.fields(TrainConfig)},
+    "models": {"2d": str, "3d": str},
+    "objectives": ANY,  # validated per objective against its Params
+    "recipes": ANY,  # validated in resolve_recipe
+    "datasets": ANY,  # validated per dataset below
+}
+DATASET_SCHEMA = {"model": str, "train": SCHEMA["train"], "objectives": ANY}
+TYPES = {"int": int, "float": (int, float), "str": str, "bool": bool}
+
+
+def _check(doc: dict, schema: dict, path: Path, prefix: str) -> None:
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{path}: '{prefix.rstrip('.')}' must be a mapping, got {doc!r}")
+    for key, value in doc.items():
+        where = f"{prefix}{key}"
+        if key not in schema:
+            raise ConfigError(
+                f"{path}: unknown key '{where}'{did_you_mean(key, list(schema))}; known keys here: {', '.join(schema)}"
+            )
+        expected = schema[key]
+        if expected is ANY:
+            continue
+        if isinstance(expected, dict):
+            _check(value, expected, path, where + ".")
+            continue
+        if isinstance(expected, str):
+            expected = TYPES[expected]
+        ok = isinstance(value, expected) and not (expected in (int, (int, float)) and isinstance(value, bool))
+        if not ok:
+            name = expected.__name__ if isinstance(expected, type) else "number"
+            raise ConfigError(f"{path}: '{where}' must be a {name}, got {value!r}")
+
+
+def validate(doc: dict, path: Path) -> None:
+    _check(doc, SCHEMA, path, "")
+    for flag, over in (doc.get("datasets") or {}).items():
+        if flag not in DATASETS:
+            raise unknown("dataset", flag, DATASETS, where=f"{path}: datasets")
+        _check(over, DATASET_SCHEMA, path, f"datasets.{flag}.")
+        if "model" in over:
+            MODELS.get(over["model"], where=f"{path}: datasets.{flag}.model")
+    for name in (doc.get("objectives") or {}):
+        OBJECTIVES.get(name, where=f"{path}: objectives")
+    for dim in ("2d", "3d"):
+        if dim in (doc.get("models") or {}):
+            MODELS.get(doc["models"][dim], where=f"{path}: models.{dim}")
+    train = doc.get("train", {})
+    if "precision" in train and train["precision"] not in PRECISIONS:
+        raise unknown("precision", train["precision"], PRECISIONS, where=f"{path}: train.precision")
+
+
+# --------------------------------------------------------------------------- resolution
+
+
+def resolve_recipe(doc: dict, name: str, dataset: str, path: Path) -> ResolvedRecipe:
+    """A grid 'objective' entry -> objective family + hyperparameters (+ init_from)."""
+    recipes = doc.get("recipes") or {}
+    if name in recipes:
+        spec = recipes[name]
+        if not isinstance(spec, dict):
+            raise ConfigError(f"{path}: recipes.{name} must be a mapping")
+        _check(spec, {"objective": str, "init_from": str, "params": dict, "description": str}, path, f"recipes.{name}.")
+        if "objective" not in spec:
+            raise ConfigError(f"{path}: recipes.{name} needs 'objective' (one of {', '.join(OBJECTIVES.names())})")
+        family, over, init_from = spec["objective"], spec.get("params", {}) or {}, spec.get("init_from")
+    elif name in OBJECTIVES:
+        family, over, init_from = name, {}, None
+    else:
+        raise unknown("objective or recipe", name, [*OBJECTIVES.names(), *recipes], where=f"{path}: grid.objective")
+    cls = OBJECTIVES.get(family, where=f"{path}: recipes.{name}.objective")
+    values = dict((doc.get("objectives") or {}).get(family, {}))
+    values.update(((doc.get("datasets") or {}).get(dataset, {}).get("objectives") or {}).get(family, {}) or {})
+    values.update(over)
+    params = cls.params(values, where=f"{path} ({name} on {dataset})")
+    if init_from is not None and init_from not in OBJECTIVES and init_from not in recipes:
+        raise unknown("init_from recipe", init_from, [*OBJECTIVES.names(), *recipes], where=f"{path}: recipes.{name}")
+    if init_from == name:
+        raise ConfigError(f"{path}: recipes.{name}.init_from cannot name the recipe itself")
+    return ResolvedRecipe(name, family, tuple(sorted(dataclasses.asdict(params).items())), init_from)
+
+
+def resolve_train(doc: dict, dataset: str, path: Path) -> TrainConfig:
+    values = dict(doc.get("train") or {})
+    values.update((doc.get("datasets") or {}).get(dataset, {}).get("train") or {})
+    missing = [f.name for f in dataclasses.fields(TrainConfig) if f.name not in values]
+    if missing:
+        raise ConfigError(f"{path}: train settings {missing} missing (they belong in suites/_base.yaml)")
+    cfg = TrainConfig(**values)
+    if cfg.epochs < 1 or cfg.batch_size < 2 or cfg.eval_batch_size < 1:
+        raise ConfigError(f"{path}: train.epochs must be >= 1 and train.batch_size >= 2 (got {cfg.epochs}, {cfg.batch_size})")
+    if not 0.0 <= cfg.ema < 1.0:
+        raise ConfigError(f"{path}: train.ema must be in [0, 1), got {cfg.ema}")
+    return cfg
+
+
+def resolve_model(doc: dict, dataset: str, path: Path) -> str:
+    over = (doc.get("datasets") or {}).get(dataset, {})
+    if "model" in over:
+        return over["model"]
+    key = "3d" if dataset.endswith("3d") else "2d"
+    name = (doc.get("models") or {}).get(key)
+    if not name:
+        raise ConfigError(f"{path}: no model for {dataset}; set models.{key} in suites/_base.yaml")
+    return name
+
+
+def _axis(doc: dict, key: str, path: Path, check) -> list:
+    values = (doc.get("grid") or {}).get(key)
+    if values is None:
+        raise ConfigError(f"{path}: grid.{key} is missing; list at least one value")
+    if not values:
+        raise ConfigError(f"{path}: grid.{key} is empty, so the grid has no cells; list at least one value")
+    for v in values:
+        check(v)
+    return list(dict.fromkeys(values))  # keep order, drop duplicates
+
+
+def expand(doc: dict, path: Path, data_fingerprint) -> list[Cell]:
+    """The grid's cells, in a stable order; ``cv5`` expands to folds 0-4."""
+
+    def is_bool(v):
+        if not isinstance(v, bool):
+            raise ConfigError(f"{path}: grid.aug values must be true/false, got {v!r}")
+
+    def is_seed(v):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise ConfigError(f"{path}: grid.seed values must be integers >= 0, got {v!r}")
+
+    def is_dataset(v):
+        if v not in DATASETS:
+            raise unknown("dataset", v, DATASETS, where=f"{path}: grid.dataset")
+
+    def is_protocol(v):
+        if v not in PROTOCOLS:
+            raise unknown("protocol", v, PROTOCOLS, where=f"{path}: grid.protocol")
+
+    datasets = _axis(doc, "dataset", path, is_dataset)
+    recipes = _axis(doc, "objective", path, lambda v: None)
+    augs = _axis(doc, "aug", path, is_bool)
+    seeds = _axis(doc, "seed", path, is_seed)
+    protocols = _axis(doc, "protocol", path, is_protocol)
+    folds = [(p, None) if p == "official" else (p, k) for p in protocols for k in (range(N_FOLDS) if p == "cv5" else [None])]
+    cells = []
+    for ds in datasets:
+        train = resolve_train(doc, ds, path)
+        model = resolve_model(doc, ds, path)
+        if model_info(model).dims != (3 if ds.endswith("3d") else 2):
+            raise ConfigError(f"{path}: model '{model}' is {model_info(model).dims}D but {ds} needs a {'3D' if ds.endswith('3d') else '2D'} model")
+        fp = data_fingerprint(ds)
+        resolved = [resolve_recipe(doc, r, ds, path) for r in recipes]
+        for rec, aug, seed, (proto, fold) in itertools.product(resolved, augs, seeds, folds):
+            cells.append(
+                Cell(ds, rec.name, rec.objective, rec.params, model, aug, seed, proto, fold, train, rec.init_from, fp)
+            )
+    return cells
+
+
+def source_cell(doc: dict, path: Path, cell: Cell) -> Cell:
+    """The cell whose checkpoint initializes ``cell`` (same dataset/aug/seed/fold/model/train)."""
+    rec = resolve_recipe(doc, cell.init_from, cell.dataset, path)
+    return cell.with_recipe(rec)
+
+
+def single_cell_doc(overrides: dict) -> dict:
+    """``_base.yaml`` with CLI overrides merged, for ``bench cell``."""
+    doc = base_config()
+    return deep_merge(doc, overrides)
+

@@ -1,0 +1,388 @@
+"""MedMNIST data: locate, verify, load whole splits into memory, build protocols.
+
+Why not ``medmnist.BreastMNIST(...)``? Its dataset classes assert the official sample
+counts and return one PIL image at a time. We read ``<flag>.npz`` ourselves, keep every
+split as a uint8 tensor (a 3D set at size 28 is a few MB) and form batches by indexing,
+which is ~10x faster than a per-sample pipeline on 2 CPU cores.
+
+Positive class. AUC and ACC are computed exactly as ``medmnist.Evaluator`` does (score
+of label 1), and neither depends on which class we call "positive". AUPRC, F1, partial
+AUC and the samplers' sampling rates *do*. We therefore define, per binary dataset,
+``positive_label`` = the **minority class of the official training split** (label 0 for
+Breast, Pneumonia and Synapse, where label 1 is the majority; label 1 elsewhere). Models
+score that class; AUPRC/F1 are reported for it; scores are mapped back to P(label 1)
+for AUC/ACC and for the medmnist-format prediction files. Multi-label ChestMNIST keeps
+label 1 (a finding) as positive for every label.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bench.errors import DataError
+from bench.registry import unknown
+
+log = logging.getLogger(__name__)
+
+DATASETS = (
+    "breastmnist",
+    "pneumoniamnist",
+    "chestmnist",
+    "nodulemnist3d",
+    "adrenalmnist3d",
+    "vesselmnist3d",
+    "synapsemnist3d",
+)
+SPLITS = ("train", "val", "test")
+# Datasets whose volumes are binary shape masks: MedMNIST's experiments optionally
+# multiply voxels by U(0,1) when training on them ("shape transform").
+SHAPE_MASK = frozenset({"adrenalmnist3d", "vesselmnist3d"})
+# Fixed, independent of the training seed, so that fold k is the same for every seed.
+DEFAULT_SPLIT_SEED = 20230141
+ALLOW_UNVERIFIED_ENV = "BENCH_ALLOW_UNVERIFIED_DATA"
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """What we need to know about a MedMNIST flag, read from ``medmnist.INFO``."""
+
+    flag: str
+    task: str  # "binary" or "multilabel"
+    n_labels: int  # logits the model outputs: 1 for binary, 14 for ChestMNIST
+    n_channels: int
+    is_3d: bool
+    md5: str
+    url: str
+    n_samples: dict
+    label_names: tuple
+
+    @property
+    def shape_mask(self) -> bool:
+        return self.flag in SHAPE_MASK
+
+    @property
+    def image_shape(self) -> tuple:
+        """Shape of one image as stored in the npz (without the sample axis)."""
+        if self.is_3d:
+            return (28, 28, 28)
+        return (28, 28) if self.n_channels == 1 else (28, 28, self.n_channels)
+
+
+def get_spec(flag: str) -> DatasetSpec:
+    """The :class:`DatasetSpec` of a supported flag; unknown flags get a did-you-mean."""
+    import medmnist  # heavy-ish import, only when data is touched
+
+    if flag not in DATASETS:
+        raise unknown("dataset", flag, DATASETS)
+    info = medmnist.INFO[flag]
+    task = info["task"]
+    if task == "binary-class":
+        kind, n_labels = "binary", 1
+    elif task.startswith("multi-label"):
+        kind, n_labels = "multilabel", len(info["label"])
+    else:  # pragma: no cover - the seven flags above are binary or multi-label
+        raise DataError(f"{flag}: task '{task}' is not supported (binary or multi-label only)")
+    return DatasetSpec(
+        flag=flag,
+        task=kind,
+        n_labels=n_labels,
+        n_channels=int(info["n_channels"]),
+        is_3d=flag.endswith("3d"),
+        md5=info["MD5"],
+        url=info["url"],
+        n_samples=dict(info["n_samples"]),
+        label_names=tuple(info["label"][k] for k in sorted(info["label"], key=int)),
+    )
+
+
+def data_dir(explicit: str | os.PathLike | None = None) -> Path:
+    """``explicit`` (``--data-dir``) > ``$BENCH_DATA_DIR`` > medmnist's ``~/.medmnist``."""
+    if explicit:
+        return Path(explicit).expanduser().resolve()
+    env = os.environ.get("BENCH_DATA_DIR")
+    if env:
+        return Path(env).expanduser().resolve()
+    return Path("~/.medmnist").expanduser()
+
+
+def allow_unverified_default() -> bool:
+    return os.environ.get(ALLOW_UNVERIFIED_ENV, "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def locate(spec: DatasetSpec, root: Path, download: bool = True) -> Path:
+    """Path of ``<flag>.npz`` in ``root``; try medmnist's download when it is missing."""
+    path = root / f"{spec.flag}.npz"
+    if path.is_file():
+        return path
+    reason = "download disabled"
+    if download:
+        try:
+            from torchvision.datasets.utils import download_url  # what medmnist itself uses
+
+            root.mkdir(parents=True, exist_ok=True)
+            log.info("%s.npz not in %s: downloading from %s", spec.flag, root, spec.url)
+            download_url(spec.url, root=str(root), filename=path.name, md5=spec.md5)
+            if path.is_file():
+                return path
+            reason = "download produced no file"
+        except Exception as exc:  # offline: urllib/requests errors of many kinds
+            reason = f"download failed: {type(exc).__name__}"
+            path.unlink(missing_ok=True)
+    raise DataError(
+        f"data file {path.name} not found in {root} ({reason}); copy the official MedMNIST "
+        f"file there, or point --data-dir / BENCH_DATA_DIR at the folder that has it"
+    )
+
+
+def _md5_cache_path() -> Path:
+    return Path(os.environ.get("BENCH_CACHE_DIR", "~/.cache/medauc-bench")).expanduser() / "md5.json"
+
+
+def file_md5(path: Path) -> str:
+    """MD5 of a file, cached per (path, size, mtime) so a suite hashes each file once."""
+    st = path.stat()
+    key = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+    cache_file = _md5_cache_path()
+    try:
+        cache = json.loads(cache_file.read_text())
+    except (OSError, ValueError):
+        cache = {}
+    if key in cache:
+        return cache[key]
+    h = hashlib.md5()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    digest = h.hexdigest()
+    cache[key] = digest
+    try:
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache_file.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(cache))
+        tmp.replace(cache_file)  # atomic: concurrent suites never see half a file
+    except OSError:
+        pass  # a read-only home only costs us the cache
+    return digest
+
+
+def verify(spec: DatasetSpec, path: Path, allow_unverified: bool) -> tuple[str, bool]:
+    """Return (actual md5, verified). A mismatch is an error unless explicitly allowed."""
+    actual = file_md5(path)
+    if actual == spec.md5:
+        return actual, True
+    msg = (
+        f"{path}: MD5 {actual} does not match the official {spec.md5} for {spec.flag}; "
+        f"use the official file, or opt in with --allow-unverified-data / {ALLOW_UNVERIFIED_ENV}=1"
+    )
+    if not allow_unverified:
+        raise DataError(msg)
+    log.warning("UNVERIFIED DATA: %s (runs are tagged data_verified=false)", msg.split(";")[0])
+    return actual, False
+
+
+@dataclass(frozen=True)
+class Split:
+    """One split in memory: uint8 images (N, C, H, W) or (N, C, D, H, W), uint8 labels (N, L)."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.x.shape[0])
+
+
+@dataclass(frozen=True)
+class MedData:
+    """A verified dataset with its three official splits."""
+
+    spec: DatasetSpec
+    path: Path
+    md5: str
+    verified: bool
+    splits: dict = field(repr=False)  # name -> Split
+
+    @property
+    def positive_label(self) -> int:
+        """Binary: the minority class of the official train split (see module doc)."""
+        if self.spec.task != "binary":
+            return 1
+        y = self.splits["train"].y[:, 0]
+        n1 = int(y.sum())
+        return 1 if n1 <= len(y) - n1 else 0
+
+
+def _read_npz(spec: DatasetSpec, path: Path) -> dict:
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {k: npz[k] for k in npz.files}
+    except (zipfile.BadZipFile, EOFError, ValueError, OSError, KeyError) as exc:
+        raise DataError(
+            f"{path}: cannot read npz ({type(exc).__name__}: {exc}); the file is truncated or "
+            f"damaged -- replace it with the official {spec.flag}.npz"
+        ) from None
+    expected = {f"{s}_{k}" for s in SPLITS for k in ("images", "labels")}
+    missing = sorted(expected - set(arrays))
+    if missing:
+        raise DataError(
+            f"{path}: wrong layout, missing keys {missing} (found {sorted(arrays)}); "
+            f"expected the official MedMNIST keys {sorted(expected)}"
+        )
+    return arrays
+
+
+def _check_split(spec: DatasetSpec, path: Path, name: str, images: np.ndarray, labels: np.ndarray) -> None:
+    where = f"{path}: {name}"
+    if images.dtype != np.uint8:
+        raise DataError(f"{where}_images has dtype {images.dtype}, expected uint8 (official layout)")
+    if images.shape[1:] != spec.image_shape:
+        raise DataError(
+            f"{where}_images has shape {images.shape}, expected (N, {', '.join(map(str, spec.image_shape))})"
+            f" for {spec.flag} at size 28"
+        )
+    if labels.ndim != 2 or labels.shape[1] != spec.n_labels:
+        raise DataError(f"{where}_labels has shape {labels.shape}, expected (N, {spec.n_labels})")
+    if labels.shape[0] != images.shape[0]:
+        raise DataError(f"{where}: {images.shape[0]} images but {labels.shape[0]} labels")
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise DataError(f"{where}_labels has dtype {labels.dtype}, expected an integer type")
+    if labels.size and (labels.min() < 0 or labels.max() > 1):
+        raise DataError(
+            f"{where}_labels has values in [{labels.min()}, {labels.max()}], expected 0/1 for a "
+            f"{spec.task} task"
+        )
+    if images.shape[0] == 0:
+        raise DataError(f"{where} is empty")
+
+
+def load(
+    flag: str,
+    root: str | os.PathLike | None = None,
+    *,
+    allow_unverified: bool | None = None,
+    download: bool = True,
+) -> MedData:
+    """Locate, verify and load ``flag`` into memory; every failure is one :class:`DataError` line."""
+    spec = get_spec(flag)
+    folder = data_dir(root)
+    path = locate(spec, folder, download=download)
+    if allow_unverified is None:
+        allow_unverified = allow_unverified_default()
+    md5, verified = verify(spec, path, allow_unverified)
+    arrays = _read_npz(spec, path)
+    splits = {}
+    for name in SPLITS:
+        images, labels = arrays[f"{name}_images"], arrays[f"{name}_labels"]
+        _check_split(spec, path, name, images, labels)
+        x = torch.from_numpy(np.ascontiguousarray(images))
+        # channel axis first: 2D gray (N,28,28)->(N,1,28,28); RGB (N,28,28,3)->(N,3,28,28);
+        # 3D (N,28,28,28)->(N,1,28,28,28)
+        if spec.is_3d or spec.n_channels == 1:
+            x = x.unsqueeze(1)
+        else:
+            x = x.permute(0, 3, 1, 2).contiguous()
+        splits[name] = Split(x=x, y=torch.from_numpy(labels.astype(np.uint8)))
+    return MedData(spec=spec, path=path, md5=md5, verified=verified, splits=splits)
+
+
+def scale(x: torch.Tensor, is_3d: bool) -> torch.Tensor:
+    """uint8 -> float as the paper: 2D (x/255 - 0.5)/0.5 in [-1, 1]; 3D x/255 in [0, 1]."""
+    x = x.float().div_(255.0)
+    if not is_3d:
+        x = x.sub_(0.5).div_(0.5)
+    return x
+
+
+# --------------------------------------------------------------------------- protocols
+
+
+def stratify_key(y: np.ndarray) -> np.ndarray:
+    """Stratification key for a (N, L) 0/1 label matrix.
+
+    Binary: the label. Multi-label: the index of each sample's *rarest* positive label
+    (L for no finding), so that every label -- rare ones first -- is spread evenly over
+    the folds; keys with fewer than 5 members are pooled into one "rare" key so that
+    StratifiedKFold(5) can place them.
+    """
+    if y.shape[1] == 1:
+        return y[:, 0].astype(np.int64)
+    freq = y.sum(axis=0)
+    order = np.argsort(freq, kind="stable")  # rarest label first
+    key = np.full(len(y), y.shape[1], dtype=np.int64)
+    for lab in order[::-1]:  # commonest first, so rarer ones overwrite
+        key[y[:, lab] == 1] = lab
+    values, counts = np.unique(key, return_counts=True)
+    rare = values[counts < 5]
+    key[np.isin(key, rare)] = -1
+    return key
+
+
+PROTOCOLS = ("official", "cv5")
+N_FOLDS = 5
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """Train/val/test splits of one cell. ``train`` indices are renumbered 0..n-1."""
+
+    train: Split
+    val: Split
+    test: Split
+    name: str
+    fold: int | None
+
+
+def make_protocol(data: MedData, protocol: str, fold: int | None, split_seed: int = DEFAULT_SPLIT_SEED) -> Protocol:
+    """``official``: splits as released. ``cv5``: fold ``k`` of a stratified 5-fold split of
+    train ∪ val (fixed ``split_seed``); fold k's held-out part is validation; test is always
+    the official test split."""
+    s = data.splits
+    if protocol == "official":
+        if fold is not None:
+            raise DataError("protocol 'official' takes no fold; use protocol 'cv5' with fold 0-4")
+        return Protocol(s["train"], s["val"], s["test"], protocol, None)
+    if protocol != "cv5":
+        raise unknown("protocol", protocol, PROTOCOLS)
+    if fold is None or not 0 <= int(fold) < N_FOLDS:
+        raise DataError(f"protocol 'cv5' needs a fold in 0..{N_FOLDS - 1}, got {fold}")
+    from sklearn.model_selection import StratifiedKFold
+
+    x = torch.cat([s["train"].x, s["val"].x])
+    y = torch.cat([s["train"].y, s["val"].y])
+    skf = StratifiedKFold(n_splits=N_FOLDS, shuffle=True, random_state=split_seed)
+    tr, va = list(skf.split(np.zeros(len(y)), stratify_key(y.numpy())))[int(fold)]
+    tr, va = torch.from_numpy(np.sort(tr)), torch.from_numpy(np.sort(va))
+    # Indexing copies: the subset is contiguous and its own 0..n-1 index space, which is
+    # what LibAUC's index-based losses (APLoss, pAUC) need.
+    return Protocol(Split(x[tr], y[tr]), Split(x[va], y[va]), s["test"], protocol, int(fold))
+
+
+class IndexedDataset(torch.utils.data.Dataset):
+    """A view of a :class:`Split` that yields ``(x, y, idx)`` with ``idx`` in ``[0, n)``.
+
+    ``targets`` is what LibAUC's samplers read. Training itself indexes whole batches
+    (see ``bench.train``), this view exists for the samplers and for anyone who wants a
+    standard DataLoader.
+    """
+
+    def __init__(self, split: Split, is_3d: bool, positive_label: int = 1):
+        self.split = split
+        self.is_3d = is_3d
+        y = split.y.numpy().astype(np.int64)
+        self.targets = (y == positive_label).astype(np.int64) if y.shape[1] == 1 else y
+        if y.shape[1] == 1:
+            self.targets = self.targets[:, 0]
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, i: int):
+        x = scale(self.split.x[i : i + 1], self.is_3d)[0]
+        return x, torch.as_tensor(self.targets[i]).float(), i

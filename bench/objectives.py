@@ -1,0 +1,546 @@
+"""Training objectives: each name builds loss, optimizer, sampler and LR schedule.
+
+Every objective is a small class with a frozen ``Params`` dataclass (its hyperparameters;
+the *values* live once, in ``suites/_base.yaml``) and a ``build`` method returning a
+:class:`Recipe`. The training loop (``bench.train``) only talks to :class:`Recipe`, so a
+new objective is one registered class and needs no change anywhere else.
+
+Conventions shared by all objectives
+------------------------------------
+* The model outputs one logit per label for the *positive* class (binary: the minority
+  class of the training split, see ``bench.data``). Logits are cast to float32 before any
+  loss (bf16 autocast would otherwise feed bf16 into LibAUC's squared losses).
+* LibAUC's AUC losses expect scores in [0, 1], so they receive ``sigmoid(logits)``.
+* ``decay_epochs`` are fractions of the epoch budget; at each one the LR is divided by
+  ``decay_factor``. For PESG/PDSCA/SOAP/SOPA the decay goes through
+  ``optimizer.update_regularizer``, which also moves the ``epoch_decay`` reference point
+  to the current averaged weights (LibAUC's recipe).
+* Samplers: DAM objectives use LibAUC's ``DualSampler`` (binary) or ``TriSampler``
+  (multi-label), which *oversample* positives to ``sampling_rate`` of each batch, so an
+  "epoch" is the sampler's length, not the dataset's. They are given ``labels=`` and the
+  cell seed; they reseed numpy's global RNG, which is why nothing else uses it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Callable, ClassVar, Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from bench.errors import ConfigError, NotApplicable
+from bench.registry import Registry, did_you_mean
+
+OBJECTIVES: Registry = Registry("objective")
+
+
+@dataclass(frozen=True)
+class TrainContext:
+    """What an objective needs to know about the training data and the run."""
+
+    labels: np.ndarray  # (N,) 0/1 positive-coded for binary, (N, L) for multi-label
+    epochs: int
+    batch_size: int
+    seed: int
+    device: torch.device
+
+    @property
+    def n(self) -> int:
+        return len(self.labels)
+
+    @property
+    def multilabel(self) -> bool:
+        return self.labels.ndim == 2
+
+
+Batch = tuple  # (indices: LongTensor, task_ids: LongTensor | None)
+
+
+@dataclass
+class Recipe:
+    """Everything the training loop needs from an objective."""
+
+    loss: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
+    optimizer: torch.optim.Optimizer
+    batches: Callable[[int], Iterator[Batch]]  # epoch -> batches of training indices
+    end_epoch: Callable[[int], None]  # called after epoch e (1-based): LR decays etc.
+    extra_modules: tuple = ()  # loss modules with learnable state (a, b, alpha)
+
+
+def milestones(epochs: int, fractions) -> set[int]:
+    """Epochs (1-based, after which to decay) for fractions of the budget."""
+    return {max(1, int(round(f * epochs))) for f in fractions if 0 < f < 1}
+
+
+def shuffled_batches(ctx: TrainContext) -> Callable[[int], Iterator[Batch]]:
+    """Plain shuffling, seeded per (seed, epoch); drops a last batch of one (BatchNorm)."""
+
+    def batches(epoch: int):
+        g = torch.Generator().manual_seed(ctx.seed * 100_003 + epoch)
+        perm = torch.randperm(ctx.n, generator=g)
+        for i in range(0, ctx.n, ctx.batch_size):
+            idx = perm[i : i + ctx.batch_size]
+            if len(idx) > 1:
+                yield idx, None
+
+    return batches
+
+
+def sampler_batches(ctx: TrainContext, sampling_rate: float) -> Callable[[int], Iterator[Batch]]:
+    """LibAUC DualSampler (binary) or TriSampler (multi-label) chunked into batches."""
+    from libauc.sampler import DualSampler, TriSampler
+
+    if ctx.multilabel:
+        n_tasks = ctx.labels.shape[1]
+        per_task = max(2, ctx.batch_size // n_tasks)
+        sampler = TriSampler(
+            None, batch_size_per_task=per_task, sampling_rate=sampling_rate, labels=ctx.labels,
+            random_seed=ctx.seed,
+        )
+        size = per_task * n_tasks
+    else:
+        sampler = DualSampler(
+            None, batch_size=ctx.batch_size, labels=ctx.labels, sampling_rate=sampling_rate,
+            random_seed=ctx.seed,
+        )
+        size = ctx.batch_size
+
+    def batches(epoch: int):
+        items = list(iter(sampler))
+        if ctx.multilabel:
+            idx = torch.as_tensor(np.array([i for i, _ in items]), dtype=torch.long)
+            task = torch.as_tensor(np.array([t for _, t in items]), dtype=torch.long)
+        else:
+            idx, task = torch.as_tensor(np.asarray(items), dtype=torch.long), None
+        for i in range(0, len(idx), size):
+            yield idx[i : i + size], (None if task is None else task[i : i + size])
+
+    return batches
+
+
+def lr_decay(optimizer, epochs: int, params, via_regularizer: bool) -> Callable[[int], None]:
+    """Divide the LR by ``decay_factor`` after each milestone epoch."""
+    steps = milestones(epochs, params.decay_epochs)
+
+    def end_epoch(epoch: int) -> None:
+        if epoch not in steps:
+            return
+        if via_regularizer:
+            optimizer.update_regularizer(decay_factor=params.decay_factor)
+        else:
+            for group in optimizer.param_groups:
+                group["lr"] /= params.decay_factor
+
+    return end_epoch
+
+
+class Objective:
+    """Base class: subclasses set ``Params`` and implement ``build``."""
+
+    name: ClassVar[str]
+    Params: ClassVar[type]
+    multilabel: ClassVar[str | None] = None  # None: supported; else the reason it is not
+
+    @classmethod
+    def params(cls, values: dict, where: str = "") -> object:
+        """Validate a dict of hyperparameters into the frozen ``Params`` dataclass."""
+        fields = {f.name: f for f in dataclasses.fields(cls.Params)}
+        loc = f" in {where}" if where else ""
+        for key in values:
+            if key not in fields:
+                raise ConfigError(
+                    f"unknown hyperparameter '{key}' for objective '{cls.name}'{loc}"
+                    f"{did_you_mean(key, list(fields))}; known: {', '.join(fields)}"
+                )
+        missing = [k for k in fields if k not in values]
+        if missing:
+            raise ConfigError(f"objective '{cls.name}'{loc} lacks hyperparameters {missing} (set them in suites/_base.yaml)")
+        out = {}
+        for key, f in fields.items():
+            out[key] = _coerce(values[key], f.type, f"{cls.name}.{key}{loc}")
+        return cls.Params(**out)
+
+    @classmethod
+    def check_task(cls, multilabel: bool) -> None:
+        if multilabel and cls.multilabel is not None:
+            raise NotApplicable(f"objective '{cls.name}' has no multi-label form: {cls.multilabel}")
+
+    @classmethod
+    def build(cls, model: torch.nn.Module, p, ctx: TrainContext) -> Recipe:  # pragma: no cover
+        raise NotImplementedError
+
+
+def _coerce(value, type_name: str, where: str):
+    """Check a YAML value against a dataclass field type given as a string annotation."""
+    t = str(type_name)
+    if t == "float":
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        value = float(value)
+        if not math.isfinite(value):
+            raise ConfigError(f"{where}: expected a finite number, got {value!r}")
+        return value
+    if t == "int":
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if t == "str":
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    if t.startswith("tuple"):
+        if not isinstance(value, (list, tuple)) or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in value
+        ):
+            raise ConfigError(f"{where}: expected a list of numbers, got {value!r}")
+        return tuple(float(v) for v in value)
+    raise AssertionError(f"unsupported field type {t}")  # pragma: no cover
+
+
+def _float_targets(y: torch.Tensor) -> torch.Tensor:
+    return y.float()
+
+
+# ----------------------------------------------------------------------------- objectives
+
+
+@OBJECTIVES.register("ce")
+class CrossEntropy(Objective):
+    r"""Binary cross-entropy on logits (the MedMNIST v2 paper's recipe).
+
+    .. math:: \min_w -\frac1n\sum_i y_i\log\sigma(h_w(x_i)) + (1-y_i)\log(1-\sigma(h_w(x_i)))
+
+    Optimizer Adam; the LR is divided by ``decay_factor`` at ``decay_epochs`` (paper:
+    lr 1e-3, x0.1 at 50% and 75% of 100 epochs, batch 128). Plain shuffled batches.
+
+    Args (``suites/_base.yaml``, ``objectives.ce``):
+        lr: Adam learning rate.  weight_decay: Adam (L2) weight decay.
+        decay_epochs: fractions of the epoch budget at which the LR decays.
+        decay_factor: the LR is divided by this at each decay epoch.
+
+    Practical tips: the paper trains 100 epochs and keeps the best-validation-AUC model; on
+    BreastMNIST the validation set has 78 images, so expect epoch-to-epoch noise of a few
+    AUC points -- report several seeds.
+
+    Reference: Yang et al., "MedMNIST v2", Scientific Data 10:41 (2023).
+    """
+
+    name = "ce"
+
+    @dataclass(frozen=True)
+    class Params:
+        lr: float
+        weight_decay: float
+        decay_epochs: tuple
+        decay_factor: float
+
+    @classmethod
+    def build(cls, model, p, ctx):
+        opt = torch.optim.Adam(model.parameters(), lr=p.lr, weight_decay=p.weight_decay)
+
+        def loss(logits, y, idx, task):
+            return F.binary_cross_entropy_with_logits(logits, y.float())
+
+        return Recipe(loss, opt, shuffled_batches(ctx), lr_decay(opt, ctx.epochs, p, False))
+
+
+@OBJECTIVES.register("aucm")
+class AUCM(Objective):
+    r"""AUC-margin (AUCM) min-max loss optimized by PESG (Yuan et al., ICCV 2021).
+
+    .. math::
+        \min_{w,a,b}\max_{\alpha\ge0} (1-p)\,E[(h-a)^2|y=1] + p\,E[(h-b)^2|y=0]
+        + 2\alpha(p(1-p)m + E[p\,h\,1_{y=0} - (1-p)\,h\,1_{y=1}]) - p(1-p)\alpha^2
+
+    with :math:`h=\sigma(\text{logit})`, margin :math:`m`, and :math:`p` the positive rate
+    (``version='v1'``, recomputed per batch by LibAUC) -- ``v2`` drops :math:`p`.
+    Multi-label data uses ``MultiLabelAUCMLoss`` (one AUCM term per label) and TriSampler.
+
+    Args (``objectives.aucm``):
+        lr: PESG step size (0.1).  margin: AUC margin m (1.0).
+        epoch_decay: pull toward the reference weights, re-anchored at each LR decay (3e-3).
+        weight_decay: L2 (1e-4).  momentum: PESG momentum (0.9).
+        sampling_rate: share of positives per batch in DualSampler (0.2).
+        version: 'v1' (with class prior) or 'v2' (without).
+        decay_epochs, decay_factor: as for ``ce``; applied via ``update_regularizer``.
+
+    Practical tips (LibAUC): pretrain with CE and fine-tune with AUCM at a smaller LR
+    (``init_from: ce`` in a suite); ``epoch_decay`` is tuned like weight decay;
+    ``version='v2'`` is recommended with DualSampler.
+
+    Reference: Z. Yuan, Y. Yan, M. Sonka, T. Yang. "Large-scale Robust Deep AUC
+    Maximization: A New Surrogate Loss and Empirical Studies on Medical Image
+    Classification", ICCV 2021.
+    """
+
+    name = "aucm"
+
+    @dataclass(frozen=True)
+    class Params:
+        lr: float
+        margin: float
+        epoch_decay: float
+        weight_decay: float
+        momentum: float
+        sampling_rate: float
+        version: str
+        decay_epochs: tuple
+        decay_factor: float
+
+    @classmethod
+    def build(cls, model, p, ctx):
+        from libauc.losses import AUCMLoss, MultiLabelAUCMLoss
+        from libauc.optimizers import PESG
+
+        if ctx.multilabel:
+            fn = MultiLabelAUCMLoss(margin=p.margin, version=p.version, num_labels=ctx.labels.shape[1], device=ctx.device)
+        else:
+            fn = AUCMLoss(margin=p.margin, version=p.version, device=ctx.device)
+        opt = PESG(
+            model.parameters(), loss_fn=fn, lr=p.lr, margin=p.margin, epoch_decay=p.epoch_decay,
+            weight_decay=p.weight_decay, momentum=p.momentum, verbose=False, device=ctx.device,
+        )
+
+        def loss(logits, y, idx, task):
+            if ctx.multilabel:
+                return fn(torch.sigmoid(logits), y.float(), task_id=task if task is not None else [])
+            return fn(torch.sigmoid(logits), y.float())
+
+        return Recipe(loss, opt, sampler_batches(ctx, p.sampling_rate), lr_decay(opt, ctx.epochs, p, True), (fn,))
+
+
+@OBJECTIVES.register("ap")
+class AveragePrecision(Objective):
+    r"""Average-precision (AUPRC) surrogate optimized by SOAP (Qi et al., NeurIPS 2021).
+
+    .. math::
+        \min_w \frac{1}{n_+}\sum_{y_i=1}
+        \frac{-\sum_s 1[y_s=1]\,\ell(w; x_s, x_i)}{\sum_s \ell(w; x_s, x_i)}
+
+    with a squared-hinge surrogate :math:`\ell` and moving-average estimates ``u`` of
+    numerator and denominator per positive sample -- which is why the loss needs each
+    sample's index in ``[0, n_train)`` (CV subsets are renumbered by ``bench.data``).
+    Multi-label data uses ``meanAveragePrecisionLoss`` with TriSampler.
+
+    Args (``objectives.ap``):
+        lr: SOAP (adam mode) LR (1e-3).  margin: surrogate margin (1.0).
+        gamma: moving-average weight of the u estimators (0.9).
+        weight_decay: L2.  sampling_rate: positives per batch (0.5; every batch must hold one).
+        decay_epochs, decay_factor: as for ``ce``.
+
+    Practical tips (LibAUC): tune ``gamma`` in {0.1, ..., 0.9} and ``margin`` in
+    {0.6, 0.8, 1.0}; AP rewards ranking the positive class on top, so which class is
+    positive matters (here: the minority class).
+
+    Reference: Q. Qi, Y. Luo, Z. Xu, S. Ji, T. Yang. "Stochastic Optimization of Areas
+    Under Precision-Recall Curves with Provable Convergence", NeurIPS 2021.
+    """
+
+    name = "ap"
+
+    @dataclass(frozen=True)
+    class Params:
+        lr: float
+        margin: float
+        gamma: float
+        weight_decay: float
+        sampling_rate: float
+        decay_epochs: tuple
+        decay_factor: float
+
+    @classmethod
+    def build(cls, model, p, ctx):
+        from libauc.losses import APLoss, meanAveragePrecisionLoss
+        from libauc.optimizers import SOAP
+
+        if ctx.multilabel:
+            fn = meanAveragePrecisionLoss(
+                data_len=ctx.n, num_labels=ctx.labels.shape[1], margin=p.margin, gamma=p.gamma, device=ctx.device
+            )
+        else:
+            fn = APLoss(data_len=ctx.n, margin=p.margin, gamma=p.gamma, device=ctx.device)
+        opt = SOAP(model.parameters(), lr=p.lr, mode="adam", weight_decay=p.weight_decay, verbose=False, device=ctx.device)
+
+        def loss(logits, y, idx, task):
+            if ctx.multilabel:
+                return fn(torch.sigmoid(logits), y.float(), idx, task_id=task if task is not None else [])
+            return fn(torch.sigmoid(logits), y.float(), idx)
+
+        return Recipe(loss, opt, sampler_batches(ctx, p.sampling_rate), lr_decay(opt, ctx.epochs, p, False))
+
+
+@OBJECTIVES.register("pauc")
+class PartialAUC(Objective):
+    r"""One-way partial AUC, FPR in [0, beta], via DRO-CVaR, optimized by SOPA (Zhu et al., ICML 2022).
+
+    .. math::
+        \min_{w,s}\frac{1}{n_+}\sum_{x_i\in S_+}\Big(s_i + \frac{1}{\beta n_-}
+        \sum_{x_j\in S_-}(L(w; x_i, x_j) - s_i)_+\Big)
+
+    Only the hardest ``beta`` share of negatives per positive contributes, so the model is
+    pushed to rank positives above the *top-scored* negatives (the low-FPR region). Needs
+    the per-sample index (dual variable ``s_i``) and a positive in every batch.
+    Multi-label data uses ``MultiLabelpAUCLoss(mode='SOPA')``.
+
+    Args (``objectives.pauc``):
+        lr: SOPA (adam mode) LR (1e-3).  beta: the FPR bound (0.2 = pAUC over FPR <= 0.2).
+        eta: step size of the dual variables (1.0).  margin: surrogate margin (1.0).
+        weight_decay: L2.  sampling_rate: positives per batch (0.5).
+        decay_epochs, decay_factor: as for ``ce``.
+
+    Practical tips (LibAUC): tune ``margin`` in {0.1, ..., 1.0} and ``eta`` in
+    {10, 1, 0.1, 0.01}; choose ``beta`` by the FPR your application tolerates. The
+    leaderboard still ranks by full AUC.
+
+    Reference: D. Zhu, G. Li, B. Wang, X. Wu, T. Yang. "When AUC meets DRO: Optimizing
+    Partial AUC for Deep Learning with Non-Convex Convergence Guarantee", ICML 2022.
+    """
+
+    name = "pauc"
+
+    @dataclass(frozen=True)
+    class Params:
+        lr: float
+        beta: float
+        eta: float
+        margin: float
+        weight_decay: float
+        sampling_rate: float
+        decay_epochs: tuple
+        decay_factor: float
+
+    @classmethod
+    def build(cls, model, p, ctx):
+        from libauc.losses import MultiLabelpAUCLoss, pAUC_CVaR_Loss
+        from libauc.optimizers import SOPA
+
+        if ctx.multilabel:
+            fn = MultiLabelpAUCLoss(
+                mode="SOPA", num_labels=ctx.labels.shape[1], device=ctx.device, data_len=ctx.n,
+                pos_len=int(ctx.labels.sum()), margin=p.margin, beta=p.beta, eta=p.eta,
+            )
+        else:
+            fn = pAUC_CVaR_Loss(
+                data_len=ctx.n, pos_len=int(ctx.labels.sum()), margin=p.margin, beta=p.beta, eta=p.eta,
+                device=ctx.device,
+            )
+        opt = SOPA(model.parameters(), mode="adam", lr=p.lr, eta=p.eta, weight_decay=p.weight_decay, device=ctx.device)
+
+        def loss(logits, y, idx, task):
+            if ctx.multilabel:
+                return fn(torch.sigmoid(logits), y.float(), idx, task_id=task if task is not None else [])
+            return fn(torch.sigmoid(logits), y.float(), idx)
+
+        return Recipe(loss, opt, sampler_batches(ctx, p.sampling_rate), lr_decay(opt, ctx.epochs, p, False))
+
+
+@OBJECTIVES.register("pauc_dro")
+class PartialAUCDRO(Objective):
+    r"""One-way partial AUC via KL-DRO, optimized by SOPA-s (Zhu et al., ICML 2022).
+
+    .. math::
+        \min_w \frac{1}{n_+}\sum_{x_i\in S_+}\lambda\log\frac{1}{n_-}
+        \sum_{x_j\in S_-}\exp\Big(\frac{L(w; x_i, x_j)}{\lambda}\Big)
+
+    A soft version of :class:`PartialAUC`: ``Lambda`` (KL weight) sets how strongly hard
+    negatives are up-weighted instead of a hard FPR bound. Binary only here.
+
+    Args (``objectives.pauc_dro``): lr (1e-3), Lambda (1.0), gamma (0.9), margin (1.0),
+    weight_decay, sampling_rate (0.5), decay_epochs, decay_factor.
+
+    Practical tips (LibAUC): ``Lambda`` in (0.1, 10); ``gamma`` in {0.1, ..., 0.9}.
+
+    Reference: as :class:`PartialAUC`.
+    """
+
+    name = "pauc_dro"
+    multilabel = "use 'pauc' (MultiLabelpAUCLoss, SOPA) for multi-label data"
+
+    @dataclass(frozen=True)
+    class Params:
+        lr: float
+        Lambda: float
+        gamma: float
+        margin: float
+        weight_decay: float
+        sampling_rate: float
+        decay_epochs: tuple
+        decay_factor: float
+
+    @classmethod
+    def build(cls, model, p, ctx):
+        from libauc.losses import pAUC_DRO_Loss
+        from libauc.optimizers import SOPAs
+
+        fn = pAUC_DRO_Loss(data_len=ctx.n, gamma=p.gamma, margin=p.margin, Lambda=p.Lambda, device=ctx.device)
+        opt = SOPAs(model.parameters(), mode="adam", lr=p.lr, weight_decay=p.weight_decay, verbose=False, device=ctx.device)
+
+        def loss(logits, y, idx, task):
+            return fn(torch.sigmoid(logits), y.float(), idx)
+
+        return Recipe(loss, opt, sampler_batches(ctx, p.sampling_rate), lr_decay(opt, ctx.epochs, p, False))
+
+
+@OBJECTIVES.register("compauc")
+class CompositionalAUC(Objective):
+    r"""Compositional AUC loss optimized by PDSCA (Yuan et al., ICLR 2022).
+
+    .. math:: \min_w L_{AUC}\big(w - \alpha\nabla L_{CE}(w)\big)
+
+    Training alternates ``k`` cross-entropy steps (the inner gradient step) with ``k`` AUCM
+    steps, so the features learned by CE are refined for AUC end to end -- a one-stage
+    alternative to CE pretraining + AUCM fine-tuning. LibAUC's loss needs sigmoid outputs
+    and float targets; PDSCA must be given the device (it defaults to 'cuda').
+
+    Args (``objectives.compauc``):
+        lr: PDSCA LR of the outer (AUC) step (0.1).  margin (1.0).  k: inner CE steps (1).
+        beta1, beta2: PDSCA moving-average weights (0.99, 0.999).
+        epoch_decay (2e-3), weight_decay (1e-4), sampling_rate (0.2), version ('v1'),
+        decay_epochs, decay_factor: as for ``aucm``.
+
+    Practical tips (LibAUC): increasing ``k`` may help; no multi-label form exists in
+    LibAUC 2.0.1, so ChestMNIST cells end as "not applicable".
+
+    Reference: Z. Yuan, Z. Guo, N. Chawla, T. Yang. "Compositional Training for End-to-End
+    Deep AUC Maximization", ICLR 2022.
+    """
+
+    name = "compauc"
+    multilabel = "LibAUC 2.0.1 has no multi-label CompositionalAUCLoss"
+
+    @dataclass(frozen=True)
+    class Params:
+        lr: float
+        margin: float
+        k: int
+        beta1: float
+        beta2: float
+        epoch_decay: float
+        weight_decay: float
+        sampling_rate: float
+        version: str
+        decay_epochs: tuple
+        decay_factor: float
+
+    @classmethod
+    def build(cls, model, p, ctx):
+        from libauc.losses import CompositionalAUCLoss
+        from libauc.optimizers import PDSCA
+
+        fn = CompositionalAUCLoss(margin=p.margin, k=p.k, version=p.version, device=ctx.device)
+        opt = PDSCA(
+            model.parameters(), loss_fn=fn, lr=p.lr, beta1=p.beta1, beta2=p.beta2, epoch_decay=p.epoch_decay,
+            weight_decay=p.weight_decay, verbose=False, device=ctx.device,
+        )
+
+        def loss(logits, y, idx, task):
+            return fn(torch.sigmoid(logits), y.float())
+
+        return Recipe(loss, opt, sampler_batches(ctx, p.sampling_rate), lr_decay(opt, ctx.epochs, p, True), (fn,))
+
+
+def get_objective(name: str, where: str = "") -> type[Objective]:
+    return OBJECTIVES.get(name, where)

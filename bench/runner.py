@@ -1,0 +1,157 @@
+"""One cell end to end: data -> fit -> score val and (once) test -> log to its MLflow run."""
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from bench import data as D
+from bench.config import Cell
+from bench.errors import BenchError, NotApplicable
+from bench.evaluate import predict, score, to_label1, tune_thresholds
+from bench.objectives import get_objective
+from bench.train import fit, select_device
+
+log = logging.getLogger(__name__)
+CHECKPOINT = "model.pt"
+
+
+@dataclass(frozen=True)
+class CellResult:
+    cell_id: str
+    run_name: str
+    status: str  # finished | failed | not_applicable | skipped | claimed
+    val_auc: float = float("nan")
+    test_auc: float = float("nan")
+    test_acc: float = float("nan")
+    seconds: float = 0.0
+    error: str = ""
+
+    def line(self) -> str:
+        if self.status == "finished":
+            return (f"{self.run_name}: val AUC {self.val_auc:.4f}  test AUC {self.test_auc:.4f}  "
+                    f"test ACC {self.test_acc:.4f}  {self.seconds:.0f}s")
+        return f"{self.run_name}: {self.status}{(' - ' + self.error) if self.error else ''}"
+
+
+def load_checkpoint(path: Path) -> dict:
+    """Checkpoints are plain state_dicts: load them without unpickling code."""
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _roc_png(y: np.ndarray, p1: np.ndarray, title: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import RocCurveDisplay
+
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    for j in range(y.shape[1]):
+        RocCurveDisplay.from_predictions(y[:, j], p1[:, j], ax=ax, name=f"label {j}" if y.shape[1] > 1 else "test",
+                                         plot_chance_level=(j == 0))
+    ax.set_title(title, fontsize=9)
+    if y.shape[1] > 4:
+        ax.legend(fontsize=5)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def execute(cell: Cell, run, *, data_root=None, allow_unverified=None, init_state=None, progress=True) -> CellResult:
+    """Run ``cell`` inside the open MLflow run ``run`` (a ``tracking.RunHandle``).
+
+    Raises on failure; the caller ends the run (FAILED / not applicable / FINISHED).
+    """
+    t0 = time.perf_counter()
+    data = D.load(cell.dataset, data_root, allow_unverified=allow_unverified)
+    spec = data.spec
+    pos = data.positive_label
+    run.tags({"data_md5": data.md5, "data_verified": str(data.verified).lower(), "positive_label": pos,
+              "data_file": str(data.path)})
+    # applicability first: a binary-only loss on ChestMNIST ends here, before any training
+    get_objective(cell.objective).check_task(spec.task == "multilabel")
+    proto = D.make_protocol(data, cell.protocol, cell.fold, cell.train.split_seed)
+    device = select_device()
+    run.tags({"device": str(device), "n_train": len(proto.train), "n_val": len(proto.val), "n_test": len(proto.test)})
+
+    def on_epoch(rec: dict) -> None:
+        run.metrics({k: rec[k] for k in ("train_loss", "val_auc", "val_auprc", "epoch_seconds", "lr")}, step=rec["epoch"])
+
+    result = fit(cell, proto, spec, pos, device=device, init_state=init_state, on_epoch=on_epoch, progress=progress)
+    bs, x_scale = cell.train.eval_batch_size, (0.5 if cell.train.voxel_scale and spec.shape_mask else 1.0)
+    y_val = proto.val.y.numpy().astype(int)
+    y_test = proto.test.y.numpy().astype(int)
+    p1_val = to_label1(predict(result.model, proto.val, spec.is_3d, bs, device, result.bf16, x_scale), pos)
+    thresholds = tune_thresholds(y_val, p1_val, pos)  # chosen on validation only
+    val = score(y_val, p1_val, pos, thresholds)
+    # The one and only look at the test split, with the selected weights.
+    p1_test = to_label1(predict(result.model, proto.test, spec.is_3d, bs, device, result.bf16, x_scale), pos)
+    test = score(y_test, p1_test, pos, thresholds)
+
+    final = {f"val_{k}": v for k, v in val.items()}
+    final.update({f"test_{k}": v for k, v in test.items()})
+    final.update({
+        "best_epoch": result.best_epoch,
+        "epochs_run": len(result.history),
+        "train_seconds": result.train_seconds,
+        "train_samples_per_s": result.train_samples / max(result.train_seconds, 1e-9),
+        "threshold_acc": float(np.mean(thresholds["acc"])),
+        "threshold_f1": float(np.mean(thresholds["f1"])),
+    })
+    # Final values go one step past the last epoch so that MLflow's "latest" value of
+    # val_auc (what search_runs and the UI table show) is the *selected* model's.
+    run.metrics(final, step=len(result.history) + 1)
+    run.tags({"precision": "bf16" if result.bf16 else "fp32", "stopped_early": str(result.stopped_early).lower()})
+
+    with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
+        out = Path(tmp)
+        resolved = {**asdict(cell), "cell_id": cell.cell_id, "group_id": cell.group_id,
+                    "data_md5": data.md5, "data_verified": data.verified, "positive_label": pos,
+                    "thresholds": {k: v.tolist() for k, v in thresholds.items()}}
+        (out / "config.json").write_text(json.dumps(resolved, indent=2, default=str))
+        pd.DataFrame(result.history).to_csv(out / "history.csv", index=False)
+        # medmnist's standard result file: "<flag>_test_[AUC]x_[ACC]y@run.csv", rows "index,score..."
+        fname = f"{cell.dataset}_test_[AUC]{test['auc']:.3f}_[ACC]{test['acc']:.3f}@{cell.run_name}.csv"
+        pd.DataFrame(p1_test).to_csv(out / fname, header=False)
+        pd.DataFrame(p1_val).to_csv(out / fname.replace("_test_", "_val_", 1).replace(
+            f"[AUC]{test['auc']:.3f}_[ACC]{test['acc']:.3f}", f"[AUC]{val['auc']:.3f}_[ACC]{val['acc']:.3f}"), header=False)
+        _roc_png(y_test, p1_test, f"{cell.run_name}\ntest AUC {test['auc']:.4f}", out / "roc_test.png")
+        torch.save({k: v.detach().cpu() for k, v in result.model.state_dict().items()}, out / CHECKPOINT)
+        run.artifacts(out)
+    return CellResult(cell.cell_id, cell.run_name, "finished", val["auc"], test["auc"], test["acc"],
+                      time.perf_counter() - t0)
+
+
+def run_one(tracker, cell: Cell, suite: str, parent_id: str | None, lock, *, init_state=None, init_source=None,
+            data_root=None, allow_unverified=None, progress=True) -> CellResult:
+    """Create the cell's run, execute it, and end it with the right status -- never RUNNING."""
+    extra = {"bench_init_run_id": init_source} if init_source else {}
+    run = tracker.start_cell(cell, suite, parent_id, lock, extra)
+    t0 = time.perf_counter()
+    try:
+        res = execute(cell, run, data_root=data_root, allow_unverified=allow_unverified, init_state=init_state,
+                      progress=progress)
+    except NotApplicable as exc:
+        run.end("FINISHED", "not_applicable", str(exc))
+        return CellResult(cell.cell_id, cell.run_name, "not_applicable", error=str(exc))
+    except BenchError as exc:
+        run.end("FAILED", "failed", str(exc))
+        return CellResult(cell.cell_id, cell.run_name, "failed", seconds=time.perf_counter() - t0, error=str(exc))
+    except KeyboardInterrupt:
+        run.end("KILLED", "interrupted", "interrupted by the user (Ctrl-C)")
+        raise
+    except Exception as exc:  # a bug or an unexpected library error: record it, keep the suite going
+        log.debug("cell %s crashed", cell.run_name, exc_info=True)
+        msg = f"{type(exc).__name__}: {exc}".splitlines()[0][:500]
+        run.end("FAILED", "failed", msg)
+        return CellResult(cell.cell_id, cell.run_name, "failed", seconds=time.perf_counter() - t0, error=msg)
+    run.end("FINISHED", "finished")
+    return res
