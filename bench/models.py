@@ -84,8 +84,8 @@ def _register(name: str, dims: int, paper: bool, description: str, **kwargs):
 
 _register("resnet18_28", 2, True, "MedMNIST ResNet-18 (28): 3x3/1 stem, no max-pool")
 _register("resnet18_3d", 3, True, "paper ResNet-18+3D: Conv3d, 3x3x3/1 stem (slow on CPU)")
-_register("resnet18_3d_s2", 3, False, "light 3D ResNet-18: stride-2 stem, 8x fewer voxels per map")
-_register("resnet18_3d_tiny", 3, False, "light 3D ResNet-18: stride-2 stem and half width (32)")
+_register("resnet18_3d_s2", 3, False, "light 3D ResNet-18: stride-2 stem, 8x fewer voxels per map", stem_stride=2)
+_register("resnet18_3d_tiny", 3, False, "light 3D ResNet-18: stride-2 stem and half width (32)", stem_stride=2, width=32)
 
 
 def model_info(name: str) -> ModelInfo:

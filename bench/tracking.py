@@ -281,3 +281,10 @@ def search_runs_frame(experiment_names: list[str], filter_string: str = ""):
     """``mlflow.search_runs`` as a pandas frame (for the leaderboard)."""
     mlflow.set_tracking_uri(tracking_uri())
     return mlflow.search_runs(experiment_names=experiment_names, filter_string=filter_string, max_results=100_000)
+
+
+def log_files(run_id: str, files: list, artifact_path: str) -> None:
+    """Attach files (e.g. the generated leaderboard) to an existing run."""
+    client = MlflowClient(tracking_uri())
+    for f in files:
+        client.log_artifact(run_id, str(f), artifact_path)

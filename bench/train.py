@@ -171,7 +171,10 @@ def fit(
         if on_epoch is not None:
             on_epoch(record)
         bar.set_postfix(loss=f"{record['train_loss']:.4f}", val_auc=f"{record['val_auc']:.4f}")
-        log.debug("%s epoch %d: %s", cell.run_name, epoch, record)
+        if not progress and (epoch % max(1, cfg.epochs // 10) == 0 or epoch == cfg.epochs):
+            # without a progress bar (CI, nohup) still say where we are, ~10 lines per cell
+            log.info("%s epoch %d/%d: loss %.4f, val AUC %.4f (%.1fs)", cell.run_name, epoch, cfg.epochs,
+                     record["train_loss"], record["val_auc"], record["epoch_seconds"])
         if record["val_auc"] > best_auc:
             best_auc, best_epoch, bad_epochs = record["val_auc"], epoch, 0
             best_state = copy.deepcopy(scored.module.state_dict() if ema is not None else model.state_dict())

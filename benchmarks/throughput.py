@@ -1,0 +1,69 @@
+"""Train and eval throughput of the registered models, fp32 vs bf16 (not a test).
+
+    python benchmarks/throughput.py [--models resnet18_28,resnet18_3d_s2] [--seconds 8]
+
+Numbers feed the time estimates in bench/driver.py (CPU_SPEED) and the suite headers.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+import torch.nn.functional as F
+from tabulate import tabulate
+
+from bench.models import MODELS, create_model, model_info
+from bench.train import cpu_has_bf16
+
+
+def measure(name: str, bf16: bool, train: bool, batch: int, seconds: float) -> float:
+    dims = model_info(name).dims
+    torch.manual_seed(0)
+    model = create_model(name, 1, 1)
+    x = torch.randn(batch, 1, *([28] * dims))
+    y = torch.randint(0, 2, (batch, 1)).float()
+    fmt = torch.channels_last if dims == 2 else torch.channels_last_3d
+    if bf16:
+        model, x = model.to(memory_format=fmt), x.contiguous(memory_format=fmt)
+    opt = torch.optim.Adam(model.parameters(), 1e-3)
+    model.train(train)
+
+    def step():
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16), torch.set_grad_enabled(train):
+            out = model(x).float()
+        if train:
+            loss = F.binary_cross_entropy_with_logits(out, y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+
+    step()  # warm-up
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        step()
+        n += batch
+    return n / (time.perf_counter() - t0)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", default=",".join(MODELS.names()))
+    ap.add_argument("--seconds", type=float, default=8.0)
+    args = ap.parse_args()
+    rows = []
+    precisions = [False, True] if cpu_has_bf16() else [False]
+    for name in args.models.split(","):
+        batch = 128 if model_info(name).dims == 2 else 16
+        for bf16 in precisions:
+            tr = measure(name, bf16, True, batch, args.seconds)
+            ev = measure(name, bf16, False, batch * 4, args.seconds)
+            rows.append([name, "bf16" if bf16 else "fp32", batch, f"{tr:.1f}", f"{ev:.1f}"])
+            print(tabulate([rows[-1]], tablefmt="plain"), flush=True)
+    print()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(tabulate(rows, ["model", "precision", "train batch", "train img/s", "eval img/s"]))
+
+
+if __name__ == "__main__":
+    main()

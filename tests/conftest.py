@@ -1,0 +1,87 @@
+"""Shared fixtures: a temporary MLflow store, cache and synthetic MedMNIST files."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+REPO = Path(__file__).resolve().parent.parent
+SHARED_DATA = (REPO.parent / "shared" / "data" / "medmnist").resolve()
+
+
+def real_data_dir() -> Path | None:
+    """Folder with the real BreastMNIST file: $BENCH_DATA_DIR, else ../shared/data/medmnist."""
+    for cand in (os.environ.get("BENCH_DATA_DIR"), str(SHARED_DATA)):
+        if cand and (Path(cand) / "breastmnist.npz").is_file():
+            return Path(cand).resolve()
+    return None
+
+
+def make_npz(folder: Path, flag: str, n=(40, 16, 16), seed: int = 0) -> Path:
+    """A small file with the official layout (keys, dtypes, shapes) of ``flag``; random content."""
+    from bench.data import get_spec
+
+    spec = get_spec(flag)
+    rng = np.random.default_rng(seed)
+    arrays = {}
+    for split, size in zip(("train", "val", "test"), n):
+        labels = (rng.random((size, spec.n_labels)) < 0.3).astype(np.uint8)
+        labels[0, :], labels[1, :] = 1, 0  # both classes in every label
+        images = rng.integers(0, 60, (size, *spec.image_shape), dtype=np.uint8)
+        # make the task learnable: positives are brighter
+        bright = labels[:, 0].astype(bool)
+        images[bright] = np.minimum(images[bright].astype(int) + 120, 255).astype(np.uint8)
+        arrays[f"{split}_images"], arrays[f"{split}_labels"] = images, labels
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{flag}.npz"
+    np.savez_compressed(path, **arrays)
+    return path
+
+
+@pytest.fixture(autouse=True)
+def isolated(tmp_path, monkeypatch):
+    """Every test gets its own tracking store, artifact root, lock dir and md5 cache."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setenv("BENCH_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("BENCH_ARTIFACT_ROOT", raising=False)
+    monkeypatch.delenv("BENCH_LOCK_DIR", raising=False)
+    monkeypatch.delenv("BENCH_ALLOW_UNVERIFIED_DATA", raising=False)
+    yield
+
+
+@pytest.fixture
+def real_dir():
+    d = real_data_dir()
+    if d is None:
+        pytest.skip("real BreastMNIST file not found (set BENCH_DATA_DIR)")
+    return d
+
+
+@pytest.fixture
+def synth_dir(tmp_path, monkeypatch):
+    """A data folder with small synthetic files of the official layout; unverified on purpose."""
+    folder = tmp_path / "data"
+    for flag in ("breastmnist", "chestmnist", "nodulemnist3d", "synapsemnist3d", "adrenalmnist3d"):
+        make_npz(folder, flag)
+    monkeypatch.setenv("BENCH_DATA_DIR", str(folder))
+    monkeypatch.setenv("BENCH_ALLOW_UNVERIFIED_DATA", "1")
+    return folder
+
+
+@pytest.fixture
+def suites(tmp_path, monkeypatch):
+    """A suites folder with the real _base.yaml; write extra suite files into it."""
+    folder = tmp_path / "suites"
+    folder.mkdir()
+    (folder / "_base.yaml").write_text((REPO / "suites" / "_base.yaml").read_text())
+    monkeypatch.setenv("BENCH_SUITES_DIR", str(folder))
+
+    def write(name: str, text: str) -> Path:
+        p = folder / f"{name}.yaml"
+        p.write_text(text)
+        return p
+
+    return write

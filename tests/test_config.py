@@ -1,0 +1,151 @@
+import pytest
+
+from bench.config import Cell, available_suites, load_suite
+from bench.errors import ConfigError
+
+GOOD = """
+include: _base.yaml
+suite: t
+train: {epochs: 1}
+grid: {dataset: [breastmnist], objective: [ce, aucm], aug: [false, true], seed: [0, 1], protocol: [official]}
+"""
+
+
+@pytest.mark.parametrize("name", ["smoke", "quick", "full"])
+def test_shipped_suites_load(name):
+    s = load_suite(name)
+    assert s.runtime and s.description
+    assert s.cells()
+
+
+def test_shipped_suite_names():
+    assert {"smoke", "quick", "full"} <= set(available_suites())
+
+
+def test_grid_expansion_counts():
+    assert len(load_suite("smoke").cells()) == 2
+    assert len(load_suite("quick").cells()) == 30
+    # 7 datasets x 5 objectives x 2 aug x 3 seeds x (official + 5 folds)
+    assert len(load_suite("full").cells()) == 7 * 5 * 2 * 3 * 6
+
+
+def test_full_suite_uses_paper_models():
+    cells = load_suite("full").cells()
+    assert {c.model for c in cells if c.dataset.endswith("3d")} == {"resnet18_3d"}
+    assert {c.model for c in cells if not c.dataset.endswith("3d")} == {"resnet18_28"}
+    assert {c.train.batch_size for c in cells if c.dataset.endswith("3d")} == {32}
+    assert {c.train.epochs for c in cells} == {100}
+
+
+def test_cell_ids_are_stable_and_distinct(suites):
+    suites("t", GOOD)
+    a, b = load_suite("t").cells(), load_suite("t").cells()
+    assert [c.cell_id for c in a] == [c.cell_id for c in b]
+    assert len({c.cell_id for c in a}) == len(a) == 8
+    # seeds of one configuration share a group id
+    assert len({c.group_id for c in a}) == 4
+
+
+def test_cell_id_changes_with_hyperparameters(suites):
+    suites("t", GOOD)
+    suites("t2", GOOD + "objectives: {aucm: {lr: 0.05}}\n")
+    ids1 = {c.run_name: c.cell_id for c in load_suite("t").cells()}
+    ids2 = {c.run_name: c.cell_id for c in load_suite("t2").cells()}
+    same = [k for k in ids1 if ids1[k] == ids2[k]]
+    assert same and all(k.split("-")[1] == "ce" for k in same)
+
+
+def test_cell_id_changes_with_data(suites):
+    suites("t", GOOD)
+    a = load_suite("t").cells(lambda f: "aaa")
+    b = load_suite("t").cells(lambda f: "bbb")
+    assert a[0].cell_id != b[0].cell_id
+
+
+def test_cells_are_frozen_and_picklable(suites):
+    import pickle
+
+    suites("t", GOOD)
+    c = load_suite("t").cells()[0]
+    assert pickle.loads(pickle.dumps(c)) == c
+    with pytest.raises(Exception):
+        c.seed = 3  # type: ignore[misc]
+
+
+def test_cv5_expands_to_five_folds(suites):
+    suites("t", GOOD.replace("protocol: [official]", "protocol: [official, cv5]"))
+    cells = load_suite("t").cells()
+    assert sorted({c.fold for c in cells if c.protocol == "cv5"}) == [0, 1, 2, 3, 4]
+    assert len(cells) == 8 * 6
+
+
+@pytest.mark.parametrize(
+    "text, match",
+    [
+        (GOOD + "trian: {epochs: 2}\n", r"t\.yaml: unknown key 'trian' \(did you mean 'train'\?\)"),
+        (GOOD + "train: {epoch: 2}\n", r"unknown key 'train\.epoch' \(did you mean 'epochs'\?\)"),
+        (GOOD.replace("breastmnist]", "breastmnst]"), r"unknown dataset 'breastmnst' in .*grid\.dataset \(did you mean 'breastmnist'\?\)"),
+        (GOOD.replace("[ce, aucm]", "[ce, acum]"), r"unknown objective or recipe 'acum'.*\(did you mean 'aucm'\?\)"),
+        (GOOD + "models: {2d: resnet18_82}\n", r"unknown model 'resnet18_82'.*models\.2d"),
+        (GOOD + "train: {epochs: many}\n", r"'train\.epochs' must be a int"),
+        (GOOD.replace("seed: [0, 1]", "seed: [zero]"), r"grid\.seed values must be integers"),
+        (GOOD.replace("seed: [0, 1]", "seed: []"), r"grid\.seed is empty"),
+        (GOOD + "objectives: {aucm: {margn: 1.0}}\n", r"unknown hyperparameter 'margn'.*did you mean 'margin'"),
+        (GOOD.replace("protocol: [official]", "protocol: [cv10]"), r"unknown protocol 'cv10'"),
+        (GOOD + "train: {precision: fp16}\n", r"unknown precision 'fp16'"),
+        (GOOD.replace("include: _base.yaml", "include: _bse.yaml"), r"included file '_bse\.yaml' not found"),
+    ],
+)
+def test_validation_errors_name_file_key_and_suggestion(suites, text, match):
+    path = suites("t", text)
+    with pytest.raises(ConfigError, match=match) as e:
+        load_suite("t")
+    assert str(path) in str(e.value) or "t.yaml" in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_invalid_yaml_names_line(suites):
+    suites("t", GOOD + "grid: {dataset: [breastmnist\n")
+    with pytest.raises(ConfigError, match=r"t\.yaml: line \d+, column \d+: invalid YAML"):
+        load_suite("t")
+
+
+def test_unsafe_yaml_is_refused(suites):
+    suites("t", GOOD + "description: !!python/object/apply:os.system ['echo hacked']\n")
+    with pytest.raises(ConfigError, match="invalid YAML"):
+        load_suite("t")
+
+
+def test_unknown_suite_lists_available():
+    with pytest.raises(ConfigError, match=r"unknown suite 'quik'.*did you mean 'quick'.*smoke"):
+        load_suite("quik")
+
+
+def test_include_cycle(suites):
+    suites("a", "include: b.yaml\n")
+    suites("b", "include: a.yaml\n")
+    with pytest.raises(ConfigError, match="include cycle"):
+        load_suite("a")
+
+
+def test_recipes_and_init_from(suites):
+    suites("t", GOOD.replace("[ce, aucm]", "[ce, aucm_ft]") + """
+recipes:
+  aucm_ft: {objective: aucm, init_from: ce, params: {lr: 0.05}}
+""")
+    cells = [c for c in load_suite("t").cells() if c.recipe == "aucm_ft"]
+    assert cells and all(c.objective == "aucm" and c.init_from == "ce" and c.params_dict["lr"] == 0.05 for c in cells)
+
+
+def test_model_dimension_mismatch(suites):
+    suites("t", GOOD + "models: {2d: resnet18_3d}\n")
+    with pytest.raises(ConfigError, match="3D but breastmnist needs a 2D model"):
+        load_suite("t")
+
+
+def test_flat_params_are_mlflow_friendly(suites):
+    suites("t", GOOD)
+    c: Cell = load_suite("t").cells()[1]
+    p = c.flat_params()
+    assert p["dataset"] == "breastmnist" and "aucm.epoch_decay" in p or "ce.lr" in p
+    assert all("." not in k or k.split(".")[0] == c.objective for k in p)
