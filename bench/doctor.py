@@ -1,0 +1,75 @@
+"""``bench doctor``: is this machine ready to run suites? One table, one verdict."""
+from __future__ import annotations
+
+import os
+import tempfile
+
+import torch
+from tabulate import tabulate
+
+from bench import data as D
+
+
+def _data_rows(root) -> list[list[str]]:
+    folder = D.data_dir(root)
+    rows = []
+    for flag in D.DATASETS:
+        spec = D.get_spec(flag)
+        path = folder / f"{flag}.npz"
+        if not path.is_file():
+            rows.append([f"data {flag}", "missing", f"not in {folder}; medmnist downloads it where a network exists"])
+            continue
+        md5 = D.file_md5(path)
+        if md5 == spec.md5:
+            rows.append([f"data {flag}", "ok", f"official MD5 {md5[:8]}…"])
+        else:
+            rows.append([f"data {flag}", "UNVERIFIED",
+                         f"MD5 {md5[:8]}… ≠ official {spec.md5[:8]}…; runs need --allow-unverified-data"])
+    return rows
+
+
+def _tracking_row() -> list[str]:
+    from bench.errors import TrackingError
+    from bench.tracking import check_reachable, tracking_uri
+
+    uri = tracking_uri()
+    try:
+        check_reachable(uri)
+    except TrackingError as exc:
+        return ["tracking store", "FAIL", str(exc)]
+    return ["tracking store", "ok", f"{uri} reachable"]
+
+
+def _artifact_row() -> list[str]:
+    from bench.tracking import artifact_root, tracking_uri
+
+    root = artifact_root(tracking_uri())
+    if not root:
+        return ["artifact store", "ok", "decided by the tracking server"]
+    try:
+        os.makedirs(root, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=root):
+            pass
+    except OSError as exc:
+        return ["artifact store", "FAIL", f"{root} not writable ({exc.strerror})"]
+    return ["artifact store", "ok", f"{root} writable"]
+
+
+def _hardware_row() -> list[str]:
+    from bench.train import cpu_has_bf16, select_device, use_bf16
+
+    dev = select_device()
+    bf16 = use_bf16("auto", dev)
+    if dev.type == "cuda":
+        what = f"CUDA {torch.cuda.get_device_name(0)}"
+    else:
+        what = f"CPU, {torch.get_num_threads()} threads, AVX-512 BF16: {'yes' if cpu_has_bf16() else 'no'}"
+    return ["hardware", "ok", f"{what} -> {'bf16 autocast + channels_last' if bf16 else 'fp32'} (torch {torch.__version__})"]
+
+
+def run_doctor(root=None) -> tuple[str, bool]:
+    rows = _data_rows(root) + [_tracking_row(), _artifact_row(), _hardware_row()]
+    ok = all(r[1] != "FAIL" for r in rows) and any(r[1] in ("ok", "UNVERIFIED") for r in rows[: len(D.DATASETS)])
+    text = tabulate(rows, ["check", "status", "detail"], tablefmt="simple")
+    verdict = "ready" if ok else "NOT ready: fix the FAIL rows (or provide at least one data file)"
+    return f"{text}\n\n{verdict}", ok

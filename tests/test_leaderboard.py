@@ -1,0 +1,153 @@
+"""Leaderboard: golden file, recomputation from MLflow, paired test, CSV regeneration."""
+import os
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow.entities import Metric, Param, RunTag
+
+from leaderboard import aggregate as A
+from leaderboard import collect, render
+from leaderboard.build import build_leaderboard
+
+GOLDEN = Path(__file__).parent / "fixtures" / "golden_leaderboard.md"
+STAMP = "2026-01-01 00:00 UTC"
+
+
+def synthetic_export() -> pd.DataFrame:
+    """A runs table in the export format: 2 datasets x (ce, aucm) x aug off/on x 3 seeds."""
+    rows, t = [], 0
+    for dataset, base, verified in (("breastmnist", 0.88, True), ("vesselmnist3d", 0.85, False)):
+        model = "resnet18_28" if dataset == "breastmnist" else "resnet18_3d_s2"
+        for recipe, shift in (("ce", 0.0), ("aucm", 0.012)):
+            for aug in (False, True):
+                for seed in range(3):
+                    t += 1
+                    auc = base + shift + 0.01 * seed + (0.005 if aug else 0.0)
+                    rows.append({
+                        "run_id": f"r{t:03d}", "status": "FINISHED", "start_time": f"2026-01-01T00:{t:02d}:00.000000Z",
+                        "params.dataset": dataset, "params.recipe": recipe, "params.objective": recipe,
+                        "params.model": model, "params.aug": str(aug), "params.seed": str(seed),
+                        "params.protocol": "official", "params.fold": "", "params.epochs": "100",
+                        "tags.bench_cell_id": f"{dataset}-{recipe}-{aug}-{seed}", "tags.bench_group_id": f"{dataset}-{recipe}-{aug}",
+                        "tags.bench_suite": "golden", "tags.bench_status": "finished", "tags.bench_git_commit": "abc1234",
+                        "tags.data_md5": "0" * 32, "tags.data_verified": str(verified).lower(),
+                        "metrics.test_auc": auc, "metrics.test_auprc": auc - 0.2, "metrics.test_f1": auc - 0.3,
+                        "metrics.test_acc": auc - 0.05, "metrics.test_acc_tuned": auc - 0.04,
+                        "metrics.test_f1_tuned": auc - 0.25, "metrics.val_auc": auc + 0.01,
+                    })
+    # a stale duplicate of one cell (older): must be ignored in favour of the newest run
+    dup = dict(rows[0], run_id="r000", start_time="2025-12-31T00:00:00.000000Z", **{"metrics.test_auc": 0.1})
+    return collect.export_frame(pd.DataFrame(rows + [dup]))
+
+
+def test_newest_run_per_cell_wins():
+    runs = collect.tidy(synthetic_export())
+    assert len(runs) == 24 and "r000" not in set(runs["run_id"])
+
+
+def test_golden_markdown():
+    runs = collect.tidy(collect.roundtrip(synthetic_export()))
+    md = render.markdown("golden", runs, A.aggregate(runs), A.paired_vs_baseline(runs), STAMP, "abc1234")
+    if os.environ.get("BENCH_UPDATE_GOLDEN") == "1":  # regenerate deliberately, then review the diff
+        GOLDEN.write_text(md)
+    assert md == GOLDEN.read_text()
+
+
+def test_aggregate_values():
+    runs = collect.tidy(synthetic_export())
+    agg = A.aggregate(runs)
+    row = agg[(agg.dataset == "breastmnist") & (agg.recipe == "aucm") & (~agg.aug)].iloc[0]
+    vals = np.array([0.892, 0.902, 0.912])
+    assert row["n"] == 3 and row["test_auc_mean"] == pytest.approx(vals.mean())
+    assert row["test_auc_std"] == pytest.approx(vals.std(ddof=1))
+    assert row["test_auc_ci95"] == pytest.approx(4.302652729911275 * vals.std(ddof=1) / np.sqrt(3))
+    assert agg[agg.dataset == "vesselmnist3d"]["unverified"].all()
+
+
+def test_incomplete_group_is_marked():
+    runs = collect.tidy(synthetic_export())
+    runs = runs.drop(runs[(runs.recipe == "aucm") & (runs.seed == 2) & (~runs.aug) & (runs.dataset == "breastmnist")].index)
+    agg = A.aggregate(runs)
+    inc = agg[agg["incomplete"]]
+    assert len(inc) == 1 and inc.iloc[0]["n"] == 2 and inc.iloc[0]["expected_n"] == 3
+    table = render.dataset_table(agg, render.load_reference(), "breastmnist", "official")
+    assert "2/3 (incomplete)" in table
+
+
+def test_paired_test_known_answer():
+    d = np.array([0.01, 0.02, 0.03, 0.04, 0.05, 0.06])
+    base = pd.DataFrame({"dataset": "b", "recipe": "ce", "model": "m", "aug": False, "protocol": "official",
+                         "seed": range(6), "fold": -1, "test_auc": 0.8})
+    dam = base.assign(recipe="aucm", test_auc=0.8 + d)
+    p = A.paired_vs_baseline(pd.concat([base, dam]))
+    row = p.iloc[0]
+    assert row["n_pairs"] == 6 and row["wins"] == 6 and row["mean_diff"] == pytest.approx(0.035)
+    # exact two-sided Wilcoxon with all 6 differences positive: 2 / 2^6
+    assert row["wilcoxon_p"] == pytest.approx(2 / 64)
+    # paired t by hand: t = mean / (sd / sqrt(n)), 5 degrees of freedom
+    from scipy.stats import t as tdist
+
+    tstat = d.mean() / (d.std(ddof=1) / np.sqrt(6))
+    assert row["ttest_p"] == pytest.approx(2 * tdist.sf(tstat, 5))
+    assert row["note"] == ""
+    small = A.paired_vs_baseline(pd.concat([base[:3], dam[:3]])).iloc[0]
+    assert "cannot reach p<0.05" in small["note"] and small["wilcoxon_p"] == pytest.approx(0.25)
+
+
+def _log_synthetic_runs():
+    client = mlflow.MlflowClient()
+    exp = client.create_experiment("medauc-bench/golden")
+    for _, r in synthetic_export().iterrows():
+        if r["run_id"] == "r000":
+            continue
+        run = client.create_run(exp, tags={"bench_role": "cell", **{c[5:]: str(r[c]) for c in r.index if c.startswith("tags.")}})
+        client.log_batch(run.info.run_id,
+                         params=[Param(c[7:], str(r[c])) for c in r.index if c.startswith("params.") and isinstance(r[c], str)],
+                         metrics=[Metric(c[8:], float(r[c]), 0, 0) for c in r.index if c.startswith("metrics.") and pd.notna(r[c])])
+        client.set_terminated(run.info.run_id)
+
+
+def test_aggregate_equals_direct_recomputation_from_mlflow(tmp_path):
+    from bench.tracking import tracking_uri
+
+    mlflow.set_tracking_uri(tracking_uri())
+    _log_synthetic_runs()
+    build_leaderboard("golden", out_dir=tmp_path, charts=False, generated_at=STAMP)
+    ours = pd.read_csv(tmp_path / "golden.csv")
+    direct = mlflow.search_runs(experiment_names=["medauc-bench/golden"], filter_string="attributes.status = 'FINISHED'")
+    direct["aug"] = direct["params.aug"] == "True"
+    expect = direct.groupby(["params.dataset", "params.recipe", "aug"])["metrics.test_auc"].agg(["mean", "std", "count"])
+    for (dataset, recipe, aug), e in expect.iterrows():
+        got = ours[(ours.dataset == dataset) & (ours.recipe == recipe) & (ours.aug == aug)].iloc[0]
+        assert got["test_auc_mean"] == pytest.approx(e["mean"], abs=1e-6)
+        assert got["test_auc_std"] == pytest.approx(e["std"], abs=1e-6)
+        assert got["n"] == e["count"]
+
+
+def test_regeneration_from_csv_equals_mlflow(tmp_path):
+    from bench.tracking import tracking_uri
+
+    mlflow.set_tracking_uri(tracking_uri())
+    _log_synthetic_runs()
+    a, b = tmp_path / "a", tmp_path / "b"
+    build_leaderboard("golden", out_dir=a, charts=False, generated_at=STAMP)
+    build_leaderboard("golden", out_dir=b, charts=False, generated_at=STAMP, from_csv=a / "golden-runs.csv")
+    assert (a / "golden.md").read_text() == (b / "golden.md").read_text()
+    assert (a / "golden.csv").read_text() == (b / "golden.csv").read_text()
+
+
+def test_charts_are_written(tmp_path):
+    runs = collect.tidy(synthetic_export())
+    render.chart(A.aggregate(runs), "breastmnist", render.load_reference(), tmp_path / "c.png")
+    assert (tmp_path / "c.png").stat().st_size > 5000
+
+
+def test_chestmnist_acc_caveat():
+    export = synthetic_export()
+    export["params.dataset"] = export["params.dataset"].replace({"breastmnist": "chestmnist"})
+    runs = collect.tidy(export)
+    md = render.markdown("x", runs, A.aggregate(runs), A.paired_vs_baseline(runs), STAMP, "")
+    assert "all-negative rate" in md
