@@ -64,7 +64,9 @@ def _hardware_row() -> list[str]:
         what = f"CUDA {torch.cuda.get_device_name(0)}"
     else:
         what = f"CPU, {torch.get_num_threads()} threads, AVX-512 BF16: {'yes' if cpu_has_bf16() else 'no'}"
-    return ["hardware", "ok", f"{what} -> {'bf16 autocast + channels_last' if bf16 else 'fp32'} (torch {torch.__version__})"]
+    bf16_3d = use_bf16("auto", dev, 3)
+    path = f"2D: {'bf16 autocast + channels_last' if bf16 else 'fp32'}; 3D: {'bf16' if bf16_3d else 'fp32'}"
+    return ["hardware", "ok", f"{what} -> {path} (torch {torch.__version__})"]
 
 
 def run_doctor(root=None) -> tuple[str, bool]:

@@ -52,15 +52,22 @@ def cpu_has_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def use_bf16(precision: str, device: torch.device) -> bool:
+def use_bf16(precision: str, device: torch.device, dims: int = 2) -> bool:
+    """Whether to train/evaluate under bf16 autocast.
+
+    3D models on CPU always use fp32: in torch 2.14.1 the CPU bf16 Conv3d backward returns
+    non-deterministic gradients (differences up to 1e37 between identical calls, measured
+    here) and training turns NaN within a few steps. 2D convolutions are exact and
+    deterministic in bf16, and ~1.8x faster.
+    """
     if precision == "fp32":
         return False
     if device.type == "cuda":
         supported = torch.cuda.is_bf16_supported()
     else:
-        supported = cpu_has_bf16()
+        supported = cpu_has_bf16() and dims == 2
     if precision == "bf16" and not supported:
-        log.warning("bf16 requested but not supported on %s; using fp32", device)
+        log.warning("bf16 requested but not reliable on %s for %dD models; using fp32", device, dims)
     return supported
 
 
@@ -93,7 +100,7 @@ def fit(
 ) -> FitResult:
     cfg = cell.train
     device = device or select_device()
-    bf16 = use_bf16(cfg.precision, device)
+    bf16 = use_bf16(cfg.precision, device, 3 if spec.is_3d else 2)
     seed_everything(cell.seed)
     model = create_model(cell.model, spec.n_channels, spec.n_labels)
     if init_state is not None:
@@ -158,6 +165,11 @@ def fit(
         t_train += time.perf_counter() - t0
         x_scale = 0.5 if voxel_scale else 1.0
         s_val = predict(scored, proto.val, spec.is_3d, cfg.eval_batch_size, device, bf16, x_scale)
+        if not np.isfinite(s_val).all():
+            raise TrainingDiverged(
+                f"{cell.run_name}: the model's validation scores became non-finite at epoch {epoch}; "
+                f"lower the learning rate of '{cell.objective}' or use --precision fp32"
+            )
         p1 = to_label1(s_val, positive_label)
         record = {
             "epoch": epoch,

@@ -1,0 +1,128 @@
+"""End to end on the real BreastMNIST file (tiny epochs) and on synthetic files of the
+official layout for the datasets this machine does not have; temporary MLflow stores."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import mlflow
+import pytest
+
+from bench.driver import run_suite
+from bench.tracking import tracking_uri
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def cell_runs(exp):
+    mlflow.set_tracking_uri(tracking_uri())
+    try:
+        return mlflow.search_runs(experiment_names=[exp], filter_string="tags.bench_role = 'cell'")
+    except Exception:
+        return None
+
+
+def test_smoke_suite_on_real_breast(real_dir, monkeypatch, suites, tmp_path):
+    monkeypatch.setenv("BENCH_DATA_DIR", str(real_dir))
+    suites("e2e", """
+include: _base.yaml
+suite: e2e
+train: {epochs: 1}
+grid: {dataset: [breastmnist], objective: [ce, aucm, ap, pauc, compauc], aug: [true], seed: [0], protocol: [official]}
+""")
+    s = run_suite("e2e", progress=False, leaderboard=False)
+    assert s.failed == 0 and s.counts()["finished"] == 5, [r.line() for r in s.results]
+    df = cell_runs("medauc-bench/e2e")
+    assert (df["tags.data_verified"] == "true").all() and (df["tags.positive_label"] == "0").all()
+    assert df["metrics.test_auc"].between(0, 1).all()
+    from leaderboard.build import build_leaderboard
+
+    md = build_leaderboard("e2e", out_dir=tmp_path / "lb").read_text()
+    assert "## breastmnist" in md and "ResNet-18 (28)" in md
+
+
+def test_same_cell_twice_gives_the_same_val_auc(real_dir, monkeypatch, suites):
+    monkeypatch.setenv("BENCH_DATA_DIR", str(real_dir))
+    suites("rep", """
+include: _base.yaml
+suite: rep
+train: {epochs: 1}
+grid: {dataset: [breastmnist], objective: [aucm], aug: [true], seed: [3], protocol: [cv5]}
+""")
+    run_suite("rep", only=("fold=1",), progress=False, leaderboard=False)
+    run_suite("rep", only=("fold=1",), rerun=True, progress=False, leaderboard=False)
+    df = cell_runs("medauc-bench/rep")
+    assert len(df) == 2 and df["metrics.val_auc"].nunique() == 1 and df["metrics.test_auc"].nunique() == 1
+
+
+@pytest.mark.parametrize("flag, model", [("chestmnist", None), ("nodulemnist3d", "resnet18_3d_tiny"),
+                                         ("synapsemnist3d", "resnet18_3d_tiny")])
+@pytest.mark.parametrize("objective", ["ce", "aucm"])
+def test_synthetic_official_layout_runs_a_cell(synth_dir, suites, flag, model, objective):
+    extra = f"datasets: {{{flag}: {{model: {model}}}}}\n" if model else ""
+    suites("syn", f"""
+include: _base.yaml
+suite: syn
+train: {{epochs: 1, batch_size: 16}}
+grid: {{dataset: [{flag}], objective: [{objective}], aug: [true], seed: [0], protocol: [official]}}
+""" + extra)
+    s = run_suite("syn", progress=False, leaderboard=False)
+    assert s.failed == 0 and s.counts()["finished"] == 1, [r.line() for r in s.results]
+
+
+def _suite_cmd(name):
+    return [sys.executable, "-m", "bench", "suite", name, "--no-leaderboard", "--no-progress"]
+
+
+def test_kill_9_then_resume(synth_dir, suites):
+    suites("kill", """
+include: _base.yaml
+suite: kill
+train: {epochs: 3, batch_size: 8}
+grid: {dataset: [breastmnist], objective: [ce, aucm, ap], aug: [false], seed: [0], protocol: [official]}
+""")
+    proc = subprocess.Popen(_suite_cmd("kill"), cwd=REPO, env=dict(os.environ), start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while time.time() < deadline:  # wait until one cell finished and the next is running
+        df = cell_runs("medauc-bench/kill")
+        if df is not None and len(df) >= 2 and (df["status"] == "RUNNING").any():
+            break
+        time.sleep(0.5)
+    else:
+        proc.kill()
+        pytest.fail("suite did not reach its second cell")
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    df = cell_runs("medauc-bench/kill")
+    assert (df["status"] == "RUNNING").sum() == 1  # left behind by the dead process
+    out = subprocess.run(_suite_cmd("kill"), cwd=REPO, env=dict(os.environ), capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    df = cell_runs("medauc-bench/kill")
+    finished = df[df["status"] == "FINISHED"]
+    assert finished["tags.bench_cell_id"].nunique() == 3 and len(finished) == 3  # exactly one per cell
+    stale = df[df["status"] == "KILLED"]
+    assert len(stale) == 1 and stale["tags.bench_status"].iloc[0] == "stale"
+    assert not (df["status"] == "RUNNING").any()
+
+
+def test_two_invocations_at_once(synth_dir, suites):
+    suites("twin", """
+include: _base.yaml
+suite: twin
+train: {epochs: 2, batch_size: 8}
+grid: {dataset: [breastmnist], objective: [ce, aucm], aug: [false, true], seed: [0], protocol: [official]}
+""")
+    # create the store first so that the two processes do not both run its migrations
+    from bench.tracking import Tracker
+
+    Tracker("medauc-bench/twin")
+    procs = [subprocess.Popen(_suite_cmd("twin"), cwd=REPO, env=dict(os.environ), stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=400)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    df = cell_runs("medauc-bench/twin")
+    counts = df[df["status"] == "FINISHED"].groupby("tags.bench_cell_id").size()
+    assert len(counts) == 4 and (counts == 1).all()
+    assert not (df["status"] == "RUNNING").any()
