@@ -54,6 +54,20 @@ unverified_opt = click.option("--allow-unverified-data", is_flag=True, default=N
 progress_opt = click.option("--progress/--no-progress", default=None, help="progress bars (default: on a terminal)")
 
 
+def _default_none(ctx, param, value):
+    """MLproject passes 'default' for "use the default of suites/_base.yaml"."""
+    return None if value in (None, "", "default") else value
+
+
+def _optional_int(lo, hi):
+    def convert(ctx, param, value):
+        if value in (None, "", "none", "default"):
+            return None
+        return click.IntRange(lo, hi).convert(value, param, ctx)
+
+    return convert
+
+
 def _progress(value):
     return sys.stderr.isatty() if value is None else value
 
@@ -69,22 +83,26 @@ def main(debug: bool) -> None:
 @main.command()
 @click.option("--dataset", required=True, help="a MedMNIST flag, e.g. breastmnist")
 @click.option("--objective", required=True, help="ce, aucm, ap, pauc, pauc_dro, compauc")
-@click.option("--model", default=None, help="default: models.2d / models.3d of suites/_base.yaml")
+@click.option("--model", default=None, callback=_default_none,
+              help="default: models.2d / models.3d of suites/_base.yaml")
 @click.option("--aug/--no-aug", default=False, show_default=True)
+@click.option("--aug-value", type=click.BOOL, default=None, hidden=True, help="--aug as a value (MLproject)")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--protocol", type=click.Choice(["official", "cv5"]), default="official", show_default=True)
-@click.option("--fold", type=click.IntRange(0, 4), default=None, help="cv5 fold 0-4")
-@click.option("--epochs", type=click.IntRange(min=1), default=None)
-@click.option("--batch-size", type=click.IntRange(min=2), default=None)
+@click.option("--fold", default=None, callback=_optional_int(0, 4), help="cv5 fold 0-4")
+@click.option("--epochs", default=None, callback=_optional_int(1, None), help="default: train.epochs of _base.yaml")
+@click.option("--batch-size", default=None, callback=_optional_int(2, None), help="default: train.batch_size")
 @click.option("--precision", type=click.Choice(["auto", "bf16", "fp32"]), default=None)
 @click.option("--experiment", default="medauc-bench/cells", show_default=True)
 @data_dir_opt
 @unverified_opt
 @progress_opt
 @user_errors
-def cell(dataset, objective, model, aug, seed, protocol, fold, epochs, batch_size, precision, experiment, data_dir,
-         allow_unverified_data, progress):
+def cell(dataset, objective, model, aug, aug_value, seed, protocol, fold, epochs, batch_size, precision, experiment,
+         data_dir, allow_unverified_data, progress):
     """Train and evaluate one cell as one MLflow run."""
+    if aug_value is not None:
+        aug = aug_value
     from bench.config import base_config, deep_merge, expand, suites_dir, validate
     from bench.driver import data_fingerprint
     from bench.errors import ConfigError

@@ -70,13 +70,14 @@ def select(cells: list[Cell], only: list[tuple[str, str]]) -> list[Cell]:
     return [c for c in cells if keep(c)]
 
 
-# Measured on this project's reference machine (2 CPU cores, Zen4, bf16): images or
-# volumes per second, training and evaluation. Used for estimates only.
+# Measured on this project's reference machine (2 CPU cores, Zen4) with
+# benchmarks/throughput.py and real cells: images or volumes per second (train, eval) in the
+# precision actually used (2D bf16; 3D fp32, see bench.train.use_bf16). Estimates only.
 CPU_SPEED = {
-    "resnet18_28": (123.0, 490.0),
-    "resnet18_3d": (3.5, 12.0),
-    "resnet18_3d_s2": (25.0, 90.0),
-    "resnet18_3d_tiny": (60.0, 200.0),
+    "resnet18_28": (160.0, 470.0),
+    "resnet18_3d": (2.1, 6.2),
+    "resnet18_3d_s2": (14.3, 75.6),
+    "resnet18_3d_tiny": (69.4, 314.6),
 }
 
 

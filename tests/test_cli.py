@@ -104,3 +104,34 @@ def test_console_script_error_is_one_line():
     out = subprocess.run([sys.executable, "-m", "bench", "suite", "nosuch"], capture_output=True, text=True, env=env)
     assert out.returncode == 2
     assert out.stderr.strip().count("\n") == 0 and out.stderr.startswith("error: unknown suite 'nosuch'")
+
+
+def test_mlproject_parameters_are_quoted_and_validated():
+    """MLproject values reach a shell only quoted; bench then rejects names not in its registries."""
+    from mlflow.projects import _project_spec
+
+    from tests.conftest import REPO
+
+    project = _project_spec.load_project(str(REPO))
+    cmd = project.get_entry_point("suite").compute_command({"name": "x; touch /tmp/pwned"}, None)
+    assert cmd == "python -m bench suite 'x; touch /tmp/pwned'"
+    res = invoke("suite", "x; touch /tmp/pwned")
+    assert_one_line_error(res, "unknown suite 'x; touch /tmp/pwned'")
+    cell = project.get_entry_point("cell").compute_command({"dataset": "breastmnist", "objective": "ce"}, None)
+    assert "--model default" in cell and "--fold none" in cell
+
+
+def test_checkpoints_load_weights_only(tmp_path):
+    import torch
+
+    from bench.runner import load_checkpoint
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("executed",))
+
+    torch.save({"w": torch.zeros(1), "evil": Evil()}, tmp_path / "bad.pt")
+    with pytest.raises(Exception, match="Weights only load failed|weights_only"):
+        load_checkpoint(tmp_path / "bad.pt")
+    torch.save({"w": torch.ones(2)}, tmp_path / "good.pt")
+    assert load_checkpoint(tmp_path / "good.pt")["w"].sum() == 2
