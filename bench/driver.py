@@ -129,7 +129,7 @@ def dry_run(suite: Suite, cells: list[Cell], finished: dict) -> str:
     head = ["cell id", "dataset", "objective", "model", "aug", "seed", "fold", "status"]
     n_todo = sum(r[-1] == "to run" for r in rows)
     footer = (f"\n{len(cells)} cells, {len(cells) - n_todo} finished, {n_todo} to run; estimated "
-              f"{todo_s / 3600:.1f} h on 2 CPU cores (bf16) for the cells to run")
+              f"{todo_s / 3600:.1f} h on 2 CPU cores for the cells to run")
     if suite.runtime:
         footer += f"\nsuite file says: {suite.runtime}"
     return tabulate(rows, head, tablefmt="simple") + footer

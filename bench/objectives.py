@@ -67,7 +67,6 @@ class Recipe:
     optimizer: torch.optim.Optimizer
     batches: Callable[[int], Iterator[Batch]]  # epoch -> batches of training indices
     end_epoch: Callable[[int], None]  # called after epoch e (1-based): LR decays etc.
-    extra_modules: tuple = ()  # loss modules with learnable state (a, b, alpha)
 
 
 def milestones(epochs: int, fractions) -> set[int]:
@@ -200,8 +199,34 @@ def _coerce(value, type_name: str, where: str):
     raise AssertionError(f"unsupported field type {t}")  # pragma: no cover
 
 
-def _float_targets(y: torch.Tensor) -> torch.Tensor:
-    return y.float()
+@dataclass(frozen=True)
+class ScheduleParams:
+    """Fields every objective has (subclass field order: these first)."""
+
+    lr: float
+    weight_decay: float
+    decay_epochs: tuple
+    decay_factor: float
+
+
+@dataclass(frozen=True)
+class SampledParams(ScheduleParams):
+    """DAM objectives also set the share of positives per batch of their sampler."""
+
+    sampling_rate: float
+
+
+def sigmoid_loss(fn, ctx: TrainContext, indexed: bool):
+    """Adapt a LibAUC loss to ``loss(logits, y, idx, task)``: sigmoid scores, float targets,
+    the per-sample index for index-based losses, and task ids for multi-label ones."""
+
+    def loss(logits, y, idx, task):
+        args = (torch.sigmoid(logits), y.float()) + ((idx,) if indexed else ())
+        if ctx.multilabel:
+            return fn(*args, task_id=task if task is not None else [])
+        return fn(*args)
+
+    return loss
 
 
 # ----------------------------------------------------------------------------- objectives
@@ -230,12 +255,7 @@ class CrossEntropy(Objective):
 
     name = "ce"
 
-    @dataclass(frozen=True)
-    class Params:
-        lr: float
-        weight_decay: float
-        decay_epochs: tuple
-        decay_factor: float
+    Params = ScheduleParams
 
     @classmethod
     def build(cls, model, p, ctx):
@@ -279,16 +299,11 @@ class AUCM(Objective):
     name = "aucm"
 
     @dataclass(frozen=True)
-    class Params:
-        lr: float
+    class Params(SampledParams):
         margin: float
         epoch_decay: float
-        weight_decay: float
         momentum: float
-        sampling_rate: float
         version: str
-        decay_epochs: tuple
-        decay_factor: float
 
     @classmethod
     def build(cls, model, p, ctx):
@@ -304,12 +319,7 @@ class AUCM(Objective):
             weight_decay=p.weight_decay, momentum=p.momentum, verbose=False, device=ctx.device,
         )
 
-        def loss(logits, y, idx, task):
-            if ctx.multilabel:
-                return fn(torch.sigmoid(logits), y.float(), task_id=task if task is not None else [])
-            return fn(torch.sigmoid(logits), y.float())
-
-        return Recipe(loss, opt, sampler_batches(ctx, p.sampling_rate), lr_decay(opt, ctx.epochs, p, True), (fn,))
+        return Recipe(sigmoid_loss(fn, ctx, indexed=False), opt, sampler_batches(ctx, p.sampling_rate), lr_decay(opt, ctx.epochs, p, True))
 
 
 @OBJECTIVES.register("ap")
@@ -342,14 +352,9 @@ class AveragePrecision(Objective):
     name = "ap"
 
     @dataclass(frozen=True)
-    class Params:
-        lr: float
+    class Params(SampledParams):
         margin: float
         gamma: float
-        weight_decay: float
-        sampling_rate: float
-        decay_epochs: tuple
-        decay_factor: float
 
     @classmethod
     def build(cls, model, p, ctx):
@@ -364,12 +369,7 @@ class AveragePrecision(Objective):
             fn = APLoss(data_len=ctx.n, margin=p.margin, gamma=p.gamma, device=ctx.device)
         opt = SOAP(model.parameters(), lr=p.lr, mode="adam", weight_decay=p.weight_decay, verbose=False, device=ctx.device)
 
-        def loss(logits, y, idx, task):
-            if ctx.multilabel:
-                return fn(torch.sigmoid(logits), y.float(), idx, task_id=task if task is not None else [])
-            return fn(torch.sigmoid(logits), y.float(), idx)
-
-        return Recipe(loss, opt, sampler_batches(ctx, p.sampling_rate), lr_decay(opt, ctx.epochs, p, False))
+        return Recipe(sigmoid_loss(fn, ctx, indexed=True), opt, sampler_batches(ctx, p.sampling_rate), lr_decay(opt, ctx.epochs, p, False))
 
 
 @OBJECTIVES.register("pauc")
@@ -402,15 +402,10 @@ class PartialAUC(Objective):
     name = "pauc"
 
     @dataclass(frozen=True)
-    class Params:
-        lr: float
+    class Params(SampledParams):
         beta: float
         eta: float
         margin: float
-        weight_decay: float
-        sampling_rate: float
-        decay_epochs: tuple
-        decay_factor: float
 
     @classmethod
     def build(cls, model, p, ctx):
@@ -429,12 +424,7 @@ class PartialAUC(Objective):
             )
         opt = SOPA(model.parameters(), mode="adam", lr=p.lr, eta=p.eta, weight_decay=p.weight_decay, device=ctx.device)
 
-        def loss(logits, y, idx, task):
-            if ctx.multilabel:
-                return fn(torch.sigmoid(logits), y.float(), idx, task_id=task if task is not None else [])
-            return fn(torch.sigmoid(logits), y.float(), idx)
-
-        return Recipe(loss, opt, sampler_batches(ctx, p.sampling_rate), lr_decay(opt, ctx.epochs, p, False))
+        return Recipe(sigmoid_loss(fn, ctx, indexed=True), opt, sampler_batches(ctx, p.sampling_rate), lr_decay(opt, ctx.epochs, p, False))
 
 
 @OBJECTIVES.register("pauc_dro")
@@ -460,15 +450,10 @@ class PartialAUCDRO(Objective):
     multilabel = "use 'pauc' (MultiLabelpAUCLoss, SOPA) for multi-label data"
 
     @dataclass(frozen=True)
-    class Params:
-        lr: float
+    class Params(SampledParams):
         Lambda: float
         gamma: float
         margin: float
-        weight_decay: float
-        sampling_rate: float
-        decay_epochs: tuple
-        decay_factor: float
 
     @classmethod
     def build(cls, model, p, ctx):
@@ -478,10 +463,7 @@ class PartialAUCDRO(Objective):
         fn = pAUC_DRO_Loss(data_len=ctx.n, gamma=p.gamma, margin=p.margin, Lambda=p.Lambda, device=ctx.device)
         opt = SOPAs(model.parameters(), mode="adam", lr=p.lr, weight_decay=p.weight_decay, verbose=False, device=ctx.device)
 
-        def loss(logits, y, idx, task):
-            return fn(torch.sigmoid(logits), y.float(), idx)
-
-        return Recipe(loss, opt, sampler_batches(ctx, p.sampling_rate), lr_decay(opt, ctx.epochs, p, False))
+        return Recipe(sigmoid_loss(fn, ctx, indexed=True), opt, sampler_batches(ctx, p.sampling_rate), lr_decay(opt, ctx.epochs, p, False))
 
 
 @OBJECTIVES.register("compauc")
@@ -512,18 +494,13 @@ class CompositionalAUC(Objective):
     multilabel = "LibAUC 2.0.1 has no multi-label CompositionalAUCLoss"
 
     @dataclass(frozen=True)
-    class Params:
-        lr: float
+    class Params(SampledParams):
         margin: float
         k: int
         beta1: float
         beta2: float
         epoch_decay: float
-        weight_decay: float
-        sampling_rate: float
         version: str
-        decay_epochs: tuple
-        decay_factor: float
 
     @classmethod
     def build(cls, model, p, ctx):
@@ -536,10 +513,7 @@ class CompositionalAUC(Objective):
             weight_decay=p.weight_decay, verbose=False, device=ctx.device,
         )
 
-        def loss(logits, y, idx, task):
-            return fn(torch.sigmoid(logits), y.float())
-
-        return Recipe(loss, opt, sampler_batches(ctx, p.sampling_rate), lr_decay(opt, ctx.epochs, p, True), (fn,))
+        return Recipe(sigmoid_loss(fn, ctx, indexed=False), opt, sampler_batches(ctx, p.sampling_rate), lr_decay(opt, ctx.epochs, p, True))
 
 
 def get_objective(name: str, where: str = "") -> type[Objective]:
