@@ -126,3 +126,19 @@ grid: {dataset: [breastmnist], objective: [ce, aucm], aug: [false, true], seed: 
     counts = df[df["status"] == "FINISHED"].groupby("tags.bench_cell_id").size()
     assert len(counts) == 4 and (counts == 1).all()
     assert not (df["status"] == "RUNNING").any()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("objective", ["ce", "aucm"])
+def test_real_breast_learns(real_dir, monkeypatch, suites, objective):
+    """20 epochs on the real file must clearly beat chance on the test split (minutes; `make test-all`)."""
+    monkeypatch.setenv("BENCH_DATA_DIR", str(real_dir))
+    suites("learn", f"""
+include: _base.yaml
+suite: learn
+train: {{epochs: 20}}
+grid: {{dataset: [breastmnist], objective: [{objective}], aug: [false], seed: [0], protocol: [official]}}
+""")
+    s = run_suite("learn", progress=False, leaderboard=False)
+    assert s.failed == 0
+    assert s.results[0].test_auc > 0.8 and s.results[0].val_auc > 0.85
