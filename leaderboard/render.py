@@ -51,7 +51,7 @@ def dataset_table(agg: pd.DataFrame, ref: dict, dataset: str, protocol: str) -> 
         return ""
     (lfl_name, lfl_auc, lfl_acc), _ = paper_rows(ref, dataset)
     best = {m: g[f"{m}_mean"].max() for m in TEST_METRICS}
-    head = ["objective", "model", "aug", "n"] + [COLUMNS[m] for m in TEST_METRICS]
+    head = ["objective", "model", "aug", "n", COLUMNS["test_auc"], "AUC 95% CI"] + [COLUMNS[m] for m in TEST_METRICS[1:]]
     if protocol == "official":
         head += [f"Δ AUC vs {lfl_name}", f"Δ ACC vs {lfl_name}"]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * 4 + ["---:"] * (len(head) - 4)) + "|"]
@@ -64,6 +64,10 @@ def dataset_table(agg: pd.DataFrame, ref: dict, dataset: str, protocol: str) -> 
         for m in TEST_METRICS:
             text = fmt(r[f"{m}_mean"], r[f"{m}_std"])
             cells.append(f"**{text}**" if np.isclose(r[f"{m}_mean"], best[m]) else text)
+            if m == "test_auc":
+                h = r["test_auc_ci95"]
+                m_ = r["test_auc_mean"]
+                cells.append(f"[{m_ - h:.3f}, {m_ + h:.3f}]" if np.isfinite(h) else "n/a (n=1)")
         if protocol == "official":
             cells += [_signed(r["test_auc_mean"] - lfl_auc), _signed(r["test_acc_mean"] - lfl_acc)]
         lines.append("| " + " | ".join(cells) + " |")
@@ -96,7 +100,8 @@ def markdown(suite: str, runs: pd.DataFrame, agg: pd.DataFrame, paired: pd.DataF
         f"_Generated — do not edit._ Suite **{suite}**, **{len(runs)} runs** (newest FINISHED run per cell), "
         f"code commit `{commit or 'unknown'}`, generated {generated_at}.",
         "",
-        "How to read this: every number is **mean ± std (ddof=1) over n runs** (seeds; × folds for 5-fold CV). "
+        "How to read this: every number is **mean ± std (ddof=1) over n runs** (seeds; × folds for 5-fold CV); "
+        "the AUC 95% CI is the t-interval mean ± t(0.975, n−1)·std/√n. "
         "Selection of epoch and thresholds used validation data only; the test split was scored once per run. "
         "AUC and ACC follow `medmnist.Evaluator` (ACC at 0.5). AUPRC and F1 are for the minority class of the "
         "training split (label 0 for Breast/Pneumonia/Synapse, label 1 otherwise; ChestMNIST: each finding). "
