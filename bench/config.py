@@ -110,11 +110,6 @@ class Cell:
         out.update({f"{self.objective}.{k}": v for k, v in self.params})
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in out.items()}
 
-    def with_recipe(self, recipe: "ResolvedRecipe") -> "Cell":
-        return dataclasses.replace(
-            self, recipe=recipe.name, objective=recipe.objective, params=recipe.params, init_from=recipe.init_from
-        )
-
 
 def _digest(obj) -> str:
     blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
@@ -127,6 +122,7 @@ class ResolvedRecipe:
     objective: str
     params: tuple
     init_from: str | None
+    train: tuple = ()  # (key, value) overrides of the train settings, e.g. fewer fine-tuning epochs
 
 
 @dataclass(frozen=True)
@@ -304,12 +300,14 @@ def resolve_recipe(doc: dict, name: str, dataset: str, path: Path) -> ResolvedRe
         spec = recipes[name]
         if not isinstance(spec, dict):
             raise ConfigError(f"{path}: recipes.{name} must be a mapping")
-        _check(spec, {"objective": str, "init_from": str, "params": dict, "description": str}, path, f"recipes.{name}.")
+        _check(spec, {"objective": str, "init_from": str, "params": dict, "train": SCHEMA["train"], "description": str},
+               path, f"recipes.{name}.")
         if "objective" not in spec:
             raise ConfigError(f"{path}: recipes.{name} needs 'objective' (one of {', '.join(OBJECTIVES.names())})")
         family, over, init_from = spec["objective"], spec.get("params", {}) or {}, spec.get("init_from")
+        train = tuple(sorted((spec.get("train") or {}).items()))
     elif name in OBJECTIVES:
-        family, over, init_from = name, {}, None
+        family, over, init_from, train = name, {}, None, ()
     else:
         raise unknown("objective or recipe", name, [*OBJECTIVES.names(), *recipes], where=f"{path}: grid.objective")
     cls = OBJECTIVES.get(family, where=f"{path}: recipes.{name}.objective")
@@ -321,12 +319,14 @@ def resolve_recipe(doc: dict, name: str, dataset: str, path: Path) -> ResolvedRe
         raise unknown("init_from recipe", init_from, [*OBJECTIVES.names(), *recipes], where=f"{path}: recipes.{name}")
     if init_from == name:
         raise ConfigError(f"{path}: recipes.{name}.init_from cannot name the recipe itself")
-    return ResolvedRecipe(name, family, tuple(sorted(dataclasses.asdict(params).items())), init_from)
+    return ResolvedRecipe(name, family, tuple(sorted(dataclasses.asdict(params).items())), init_from, train)
 
 
-def resolve_train(doc: dict, dataset: str, path: Path) -> TrainConfig:
+def resolve_train(doc: dict, dataset: str, path: Path, recipe_train: tuple = ()) -> TrainConfig:
+    """train <- datasets.<flag>.train <- recipes.<name>.train (later wins)."""
     values = dict(doc.get("train") or {})
     values.update((doc.get("datasets") or {}).get(dataset, {}).get("train") or {})
+    values.update(dict(recipe_train))
     missing = [f.name for f in dataclasses.fields(TrainConfig) if f.name not in values]
     if missing:
         raise ConfigError(f"{path}: train settings {missing} missing (they belong in suites/_base.yaml)")
@@ -387,13 +387,12 @@ def expand(doc: dict, path: Path, data_fingerprint) -> list[Cell]:
     folds = [(p, None) if p == "official" else (p, k) for p in protocols for k in (range(N_FOLDS) if p == "cv5" else [None])]
     cells = []
     for ds in datasets:
-        train = resolve_train(doc, ds, path)
         model = resolve_model(doc, ds, path)
         if model_info(model).dims != (3 if ds.endswith("3d") else 2):
             raise ConfigError(f"{path}: model '{model}' is {model_info(model).dims}D but {ds} needs a {'3D' if ds.endswith('3d') else '2D'} model")
         fp = data_fingerprint(ds)
-        resolved = [resolve_recipe(doc, r, ds, path) for r in recipes]
-        for rec, aug, seed, (proto, fold) in itertools.product(resolved, augs, seeds, folds):
+        resolved = [(rec, resolve_train(doc, ds, path, rec.train)) for rec in (resolve_recipe(doc, r, ds, path) for r in recipes)]
+        for (rec, train), aug, seed, (proto, fold) in itertools.product(resolved, augs, seeds, folds):
             cells.append(
                 Cell(ds, rec.name, rec.objective, rec.params, model, aug, seed, proto, fold, train, rec.init_from, fp)
             )
@@ -401,9 +400,11 @@ def expand(doc: dict, path: Path, data_fingerprint) -> list[Cell]:
 
 
 def source_cell(doc: dict, path: Path, cell: Cell) -> Cell:
-    """The cell whose checkpoint initializes ``cell`` (same dataset/aug/seed/fold/model/train)."""
+    """The cell whose checkpoint initializes ``cell``: the ``init_from`` recipe on the same
+    dataset, model, aug, seed, protocol and fold, with *its own* train settings."""
     rec = resolve_recipe(doc, cell.init_from, cell.dataset, path)
-    return cell.with_recipe(rec)
+    return dataclasses.replace(cell, recipe=rec.name, objective=rec.objective, params=rec.params,
+                               init_from=rec.init_from, train=resolve_train(doc, cell.dataset, path, rec.train))
 
 
 def single_cell_doc(overrides: dict) -> dict:

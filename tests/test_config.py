@@ -137,6 +137,21 @@ recipes:
     assert cells and all(c.objective == "aucm" and c.init_from == "ce" and c.params_dict["lr"] == 0.05 for c in cells)
 
 
+def test_recipe_train_overrides_and_source_cell(suites):
+    from bench.config import source_cell
+
+    suites("t", GOOD.replace("[ce, aucm]", "[ce, aucm_ft]") + """
+recipes:
+  aucm_ft: {objective: aucm, init_from: ce, train: {epochs: 7}}
+""")
+    s = load_suite("t")
+    ft = [c for c in s.cells() if c.recipe == "aucm_ft"][0]
+    assert ft.train.epochs == 7
+    src = source_cell(s.doc, s.path, ft)
+    ce = [c for c in s.cells() if c.recipe == "ce" and c.aug == ft.aug and c.seed == ft.seed][0]
+    assert src == ce and src.train.epochs == 1  # the source keeps its own epochs
+
+
 def test_model_dimension_mismatch(suites):
     suites("t", GOOD + "models: {2d: resnet18_3d}\n")
     with pytest.raises(ConfigError, match="3D but breastmnist needs a 2D model"):
