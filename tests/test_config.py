@@ -11,7 +11,7 @@ grid: {dataset: [breastmnist], objective: [ce, aucm], aug: [false, true], seed: 
 """
 
 
-@pytest.mark.parametrize("name", ["smoke", "quick", "full"])
+@pytest.mark.parametrize("name", available_suites())
 def test_shipped_suites_load(name):
     s = load_suite(name)
     assert s.runtime and s.description
