@@ -173,8 +173,12 @@ class SuiteRunner:
                 return CellResult(cell.cell_id, cell.run_name, "skipped")
             try:
                 init_state, init_src = self._init_state(cell, finished, summary)
-            except ConfigError as exc:
-                return CellResult(cell.cell_id, cell.run_name, "failed", error=str(exc))
+            except ConfigError as exc:  # its source cell failed: record this cell as FAILED too
+                run = self.tracker.start_cell(cell, self.suite.name, self.parent.run_id if self.parent else None, lock)
+                run.end("FAILED", "failed", str(exc))
+                res = CellResult(cell.cell_id, cell.run_name, "failed", error=str(exc))
+                summary.results.append(res)
+                return res
             res = run_one(self.tracker, cell, self.suite.name, self.parent.run_id if self.parent else None, lock,
                           init_state=init_state, init_source=init_src, data_root=self.data_root,
                           allow_unverified=self.allow_unverified, progress=self.progress)

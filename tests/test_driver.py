@@ -191,3 +191,16 @@ def test_dry_run_lists_cells_and_status(suites, synth_dir):
     run_suite("t", only=("objective=ce",), progress=False, leaderboard=False)
     text = run_suite("t", dry=True)
     assert "finished" in text and "to run" in text and "2 cells, 1 finished, 1 to run" in text
+
+
+def test_failed_init_source_fails_the_dependent_cell(suites, synth_dir, monkeypatch):
+    import bench.objectives as O
+
+    write(suites, objectives="[aucm_ft]", extra="recipes: {aucm_ft: {objective: aucm, init_from: ce}}\n")
+    monkeypatch.setattr(O.F, "binary_cross_entropy_with_logits", lambda a, b: (a * float("nan")).mean())
+    s = run_suite("t", progress=False, leaderboard=False)
+    assert s.failed == 2  # the ce source diverged, and the fine-tuning cell says why it could not start
+    df = runs()
+    assert sorted(df["status"]) == ["FAILED", "FAILED"]
+    ft = df[df["params.recipe"] == "aucm_ft"]
+    assert "init_from cell" in ft["tags.bench_error"].iloc[0]
