@@ -143,7 +143,7 @@ class SuiteRunner:
         self.parent = None
         self.done_this_invocation: set[str] = set()
 
-    def _init_state(self, cell: Cell, finished: dict, summary: Summary) -> tuple[dict | None, str | None]:
+    def _init_state(self, cell: Cell, summary: Summary) -> tuple[dict | None, str | None]:
         """The checkpoint of the finished ``init_from`` cell, running that cell first if needed."""
         if not cell.init_from:
             return None, None
@@ -151,7 +151,7 @@ class SuiteRunner:
         run = self.tracker.finished_run(src.cell_id)
         if run is None:
             log.info("%s needs %s first: running it", cell.run_name, src.run_name)
-            res = self.run_cell(src, finished, summary)
+            res = self.run_cell(src, summary)
             if res.status != "finished":
                 raise ConfigError(f"{cell.run_name}: its init_from cell {src.run_name} did not finish ({res.status})")
             run = self.tracker.finished_run(src.cell_id)
@@ -159,9 +159,9 @@ class SuiteRunner:
             path = self.tracker.download_artifact(run.info.run_id, CHECKPOINT, Path(tmp))
             return load_checkpoint(path), run.info.run_id
 
-    def run_cell(self, cell: Cell, finished: dict, summary: Summary) -> CellResult:
-        if cell.cell_id in self.done_this_invocation:
-            return CellResult(cell.cell_id, cell.run_name, "finished")
+    def run_cell(self, cell: Cell, summary: Summary) -> CellResult:
+        if cell.cell_id in self.done_this_invocation:  # ran already, as another cell's init_from source
+            return CellResult(cell.cell_id, cell.run_name, "skipped", error="ran earlier in this invocation")
         lock = self.tracker.cell_lock(cell.cell_id)
         if not lock.acquire():
             summary.claimed += 1
@@ -172,7 +172,7 @@ class SuiteRunner:
                 summary.skipped += 1
                 return CellResult(cell.cell_id, cell.run_name, "skipped")
             try:
-                init_state, init_src = self._init_state(cell, finished, summary)
+                init_state, init_src = self._init_state(cell, summary)
             except ConfigError as exc:  # its source cell failed: record this cell as FAILED too
                 run = self.tracker.start_cell(cell, self.suite.name, self.parent.run_id if self.parent else None, lock)
                 run.end("FAILED", "failed", str(exc))
@@ -205,7 +205,7 @@ class SuiteRunner:
                 ran = [r for r in summary.results if r.status in ("finished", "failed")]
                 eta = (elapsed / len(ran) * (len(todo) - i + 1)) if ran else sum(map(estimate_seconds, todo[i - 1:]))
                 log.info("cell %d/%d %s (ETA %.0f min)", i, len(todo), cell.run_name, eta / 60)
-                res = self.run_cell(cell, finished, summary)
+                res = self.run_cell(cell, summary)
                 log.info("  %s", res.line())
         except KeyboardInterrupt:
             status = "KILLED"
