@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import signal
 import sys
 
 import click
@@ -78,6 +79,12 @@ def main(debug: bool) -> None:
     """medauc-bench: Deep AUC Maximization on MedMNIST, tracked in MLflow."""
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     setup_logging(debug)
+    signal.signal(signal.SIGTERM, _terminate)
+
+
+def _terminate(signum, frame):
+    """SIGTERM (a scheduler's stop, `kill`) ends like Ctrl-C: the running cell is marked KILLED."""
+    raise KeyboardInterrupt
 
 
 @main.command()

@@ -142,3 +142,27 @@ grid: {{dataset: [breastmnist], objective: [{objective}], aug: [false], seed: [0
     s = run_suite("learn", progress=False, leaderboard=False)
     assert s.failed == 0
     assert s.results[0].test_auc > 0.8 and s.results[0].val_auc > 0.85
+
+
+def test_sigterm_marks_the_running_cell_killed(synth_dir, suites):
+    suites("term", """
+include: _base.yaml
+suite: term
+train: {epochs: 50, batch_size: 8}
+grid: {dataset: [breastmnist], objective: [ce], aug: [false], seed: [0], protocol: [official]}
+""")
+    proc = subprocess.Popen(_suite_cmd("term"), cwd=REPO, env=dict(os.environ), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        df = cell_runs("medauc-bench/term")
+        if df is not None and len(df) == 1:
+            break
+        time.sleep(0.5)
+    time.sleep(2)
+    proc.send_signal(signal.SIGTERM)
+    err = proc.communicate(timeout=60)[1]
+    assert proc.returncode == 130 and "run the same command again to resume" in err
+    mlflow.set_tracking_uri(tracking_uri())
+    df = mlflow.search_runs(experiment_names=["medauc-bench/term"])
+    assert set(df["status"]) == {"KILLED"} and set(df["tags.bench_status"]) == {"interrupted"}
