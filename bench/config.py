@@ -405,10 +405,3 @@ def source_cell(doc: dict, path: Path, cell: Cell) -> Cell:
     rec = resolve_recipe(doc, cell.init_from, cell.dataset, path)
     return dataclasses.replace(cell, recipe=rec.name, objective=rec.objective, params=rec.params,
                                init_from=rec.init_from, train=resolve_train(doc, cell.dataset, path, rec.train))
-
-
-def single_cell_doc(overrides: dict) -> dict:
-    """``_base.yaml`` with CLI overrides merged, for ``bench cell``."""
-    doc = base_config()
-    return deep_merge(doc, overrides)
-

@@ -223,9 +223,6 @@ class RunHandle:
                 f"free disk space or fix the artifact location (BENCH_ARTIFACT_ROOT)"
             ) from None
 
-    def artifact_uri(self) -> str:
-        return self.client.get_run(self.run_id).info.artifact_uri
-
     def end(self, status: str = "FINISHED", bench_status: str | None = None, error: str | None = None) -> None:
         tags = {}
         if bench_status:
