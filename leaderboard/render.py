@@ -149,7 +149,7 @@ def chart(agg: pd.DataFrame, dataset: str, ref: dict, path: Path) -> None:
         g = agg[agg["dataset"] == dataset]
     recipes = sorted(g["recipe"].unique())
     x = np.arange(len(recipes))
-    fig, ax = plt.subplots(figsize=(max(4.5, 1.1 * len(recipes) + 2), 3.6))
+    fig, ax = plt.subplots(figsize=(max(6.5, 1.1 * len(recipes) + 4), 3.6))
     width = 0.38
     for k, (aug, color) in enumerate([(False, "#4C72B0"), (True, "#DD8452")]):
         sub = g[g["aug"] == aug].groupby("recipe").agg(m=("test_auc_mean", "max"), s=("test_auc_std", "max"))
@@ -164,7 +164,7 @@ def chart(agg: pd.DataFrame, dataset: str, ref: dict, path: Path) -> None:
     ax.set_xticks(x, recipes)
     ax.set_ylabel("test AUC (mean ± std)")
     ax.set_title(f"{dataset}: test AUC by objective", fontsize=10)
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
