@@ -89,7 +89,7 @@ def execute(cell: Cell, run, *, data_root=None, allow_unverified=None, init_stat
     bs, x_scale = cell.train.eval_batch_size, (0.5 if cell.train.voxel_scale and spec.shape_mask else 1.0)
     y_val = proto.val.y.numpy().astype(int)
     y_test = proto.test.y.numpy().astype(int)
-    p1_val = to_label1(predict(result.model, proto.val, spec.is_3d, bs, device, result.bf16, x_scale), pos)
+    p1_val = to_label1(result.val_scores, pos)  # scored during training, by the selected weights
     thresholds = tune_thresholds(y_val, p1_val, pos)  # chosen on validation only
     val = score(y_val, p1_val, pos, thresholds)
     # The one and only look at the test split, with the selected weights.

@@ -16,6 +16,7 @@ filesystem for ``BENCH_LOCK_DIR``.
 from __future__ import annotations
 
 import fcntl
+import functools
 import hashlib
 import logging
 import os
@@ -66,6 +67,7 @@ def lock_dir(uri: str) -> Path:
     return Path("~/.cache/medauc-bench/locks").expanduser() / digest
 
 
+@functools.lru_cache(maxsize=1)
 def git_commit() -> str:
     try:
         out = subprocess.run(

@@ -76,6 +76,7 @@ class FitResult:
     model: torch.nn.Module  # holds the selected (best validation AUC) weights
     best_epoch: int
     best_val_auc: float
+    val_scores: np.ndarray  # the selected model's validation scores (positive class), for thresholds
     history: list = field(default_factory=list)
     train_seconds: float = 0.0
     train_samples: int = 0
@@ -126,7 +127,7 @@ def fit(
     g = torch.Generator().manual_seed(cell.seed)  # augmentation stream, independent of samplers
     voxel_scale = cfg.voxel_scale and spec.shape_mask
     y_val = proto.val.y.numpy().astype(int)
-    best_auc, best_epoch, best_state, bad_epochs = -math.inf, 0, None, 0
+    best_auc, best_epoch, best_state, bad_epochs, best_scores = -math.inf, 0, None, 0, None
     history, samples, t_train = [], 0, 0.0
     stopped = False
     bar = tqdm(range(1, cfg.epochs + 1), desc=cell.run_name, unit="ep", disable=not progress, leave=False)
@@ -188,7 +189,7 @@ def fit(
             log.info("%s epoch %d/%d: loss %.4f, val AUC %.4f (%.1fs)", cell.run_name, epoch, cfg.epochs,
                      record["train_loss"], record["val_auc"], record["epoch_seconds"])
         if record["val_auc"] > best_auc:
-            best_auc, best_epoch, bad_epochs = record["val_auc"], epoch, 0
+            best_auc, best_epoch, bad_epochs, best_scores = record["val_auc"], epoch, 0, s_val
             best_state = copy.deepcopy(scored.module.state_dict() if ema is not None else model.state_dict())
         else:
             bad_epochs += 1
@@ -202,4 +203,4 @@ def fit(
     final = final.to(device)
     if bf16:
         final = final.to(memory_format=torch.channels_last if not spec.is_3d else torch.channels_last_3d)
-    return FitResult(final, best_epoch, best_auc, history, t_train, samples, bf16, stopped)
+    return FitResult(final, best_epoch, best_auc, best_scores, history, t_train, samples, bf16, stopped)
