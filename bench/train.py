@@ -57,8 +57,8 @@ def use_bf16(precision: str, device: torch.device, dims: int = 2) -> bool:
 
     3D models on CPU always use fp32: in torch 2.14.1 the CPU bf16 Conv3d backward returns
     non-deterministic gradients (differences up to 1e37 between identical calls, measured
-    here) and training turns NaN within a few steps. 2D convolutions are exact and
-    deterministic in bf16, and ~1.8x faster.
+    here) and training turns NaN within a few steps. 2D convolutions in bf16 give identical
+    gradients call after call, and are ~2x faster.
     """
     if precision == "fp32":
         return False
