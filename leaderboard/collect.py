@@ -12,8 +12,7 @@ import numpy as np
 import pandas as pd
 
 from bench.errors import BenchError
-
-METRIC_NAMES = ("auc", "auprc", "f1", "acc", "acc_tuned", "f1_tuned")
+from bench.evaluate import METRICS as METRIC_NAMES  # one definition of the metric set
 KEEP_PARAMS = ("dataset", "recipe", "objective", "model", "aug", "seed", "protocol", "fold", "epochs", "batch_size",
                "init_from", "precision", "ema")
 KEEP_TAGS = ("bench_cell_id", "bench_group_id", "bench_suite", "bench_status", "bench_git_commit", "data_md5",
