@@ -217,9 +217,13 @@ def list_() -> None:
 @user_errors
 def leaderboard(suite_name, out_dir, from_csv, experiment):
     """Aggregate a suite's runs into leaderboard/<suite>.md (+ CSVs and charts)."""
+    from bench.config import available_suites, load_suite
     from leaderboard.build import build_leaderboard
 
-    path = build_leaderboard(suite_name, out_dir=out_dir, from_csv=from_csv, experiment=experiment)
+    # a declared suite is read back by its cell ids (including cells reused from other suites);
+    # runs of a suite whose file is gone are found by their bench_suite tag
+    declared = load_suite(suite_name) if suite_name in available_suites() else None
+    path = build_leaderboard(suite_name, out_dir=out_dir, from_csv=from_csv, experiment=experiment, declared=declared)
     click.echo(f"wrote {path}")
 
 

@@ -81,6 +81,10 @@ class Cell:
         d = dataclasses.asdict(self)
         d["params"] = [list(p) for p in self.params]
         d["version"] = __version__
+        if self.init_from:
+            # fine-tuning cells also score their init checkpoint as a candidate ("epoch 0");
+            # cells that ran before that rule have different results, hence a different id
+            d["selection"] = "init-and-epochs"
         if not with_seed_fold:
             d.pop("seed")
             d.pop("fold")
@@ -133,6 +137,7 @@ class Suite:
     experiment: str
     runtime: str
     doc: dict = field(repr=False, hash=False, compare=False)
+    reuse: tuple = ()  # experiments whose finished identical cells this suite counts as its own
 
     def cells(self, data_fingerprint=lambda flag: "") -> list[Cell]:
         return expand(self.doc, self.path, data_fingerprint)
@@ -219,7 +224,18 @@ def load_suite(name: str) -> Suite:
         experiment=doc.get("experiment") or f"medauc-bench/{suite_name}",
         runtime=str(doc.get("runtime", "")).strip(),
         doc=doc,
+        reuse=tuple(_reused_experiment(doc, path, name) for name in doc.get("reuse") or []),
     )
+
+
+def _reused_experiment(doc: dict, path: Path, name) -> str:
+    """A ``reuse:`` entry (a suite name) -> that suite's experiment."""
+    if not isinstance(name, str):
+        raise ConfigError(f"{path}: reuse entries must be suite names, got {name!r}")
+    if name == (doc.get("suite") or path.stem):
+        raise ConfigError(f"{path}: reuse cannot name the suite itself")
+    other = load_merged(suite_path(name))  # unknown suites fail here with a did-you-mean
+    return other.get("experiment") or f"medauc-bench/{other.get('suite') or name}"
 
 
 def base_config() -> dict:
@@ -238,14 +254,17 @@ SCHEMA: dict = {
     "description": str,
     "experiment": str,
     "runtime": str,
+    "reuse": list,
+    "ensembles": bool,  # also log a seed ensemble per official-split group (bench.ensemble)
     "grid": {"dataset": list, "objective": list, "aug": list, "seed": list, "protocol": list},
+    "grids": ANY,  # a list of partial grids, checked in expand
     "train": {f.name: f.type for f in dataclasses.fields(TrainConfig)},
     "models": {"2d": str, "3d": str},
     "objectives": ANY,  # validated per objective against its Params
     "recipes": ANY,  # validated in resolve_recipe
     "datasets": ANY,  # validated per dataset below
 }
-DATASET_SCHEMA = {"model": str, "train": SCHEMA["train"], "objectives": ANY}
+DATASET_SCHEMA = {"model": str, "train": SCHEMA["train"], "objectives": ANY, "recipes": ANY}
 TYPES = {"int": int, "float": (int, float), "str": str, "bool": bool}
 
 
@@ -296,10 +315,20 @@ def validate(doc: dict, path: Path) -> None:
 def resolve_recipe(doc: dict, name: str, dataset: str, path: Path) -> ResolvedRecipe:
     """A grid 'objective' entry -> objective family + hyperparameters (+ init_from)."""
     recipes = doc.get("recipes") or {}
+    per_dataset = ((doc.get("datasets") or {}).get(dataset) or {}).get("recipes") or {}
+    for other in per_dataset:
+        if other not in recipes:
+            raise unknown("recipe", other, list(recipes), where=f"{path}: datasets.{dataset}.recipes")
     if name in recipes:
         spec = recipes[name]
         if not isinstance(spec, dict):
             raise ConfigError(f"{path}: recipes.{name} must be a mapping")
+        if name in per_dataset:  # datasets.<flag>.recipes.<name>: params and train merge key by key
+            over = per_dataset[name]
+            if not isinstance(over, dict):
+                raise ConfigError(f"{path}: datasets.{dataset}.recipes.{name} must be a mapping")
+            spec = {**spec, **over, **{k: {**(spec.get(k) or {}), **(over.get(k) or {})}
+                                       for k in ("params", "train") if k in over}}
         _check(spec, {"objective": str, "init_from": str, "params": dict, "train": SCHEMA["train"], "description": str},
                path, f"recipes.{name}.")
         if "objective" not in spec:
@@ -361,7 +390,25 @@ def _axis(doc: dict, key: str, path: Path, check) -> list:
 
 
 def expand(doc: dict, path: Path, data_fingerprint) -> list[Cell]:
-    """The grid's cells, in a stable order; ``cv5`` expands to folds 0-4."""
+    """The grid's cells, in a stable order; ``cv5`` expands to folds 0-4.
+
+    With ``grids:`` (a list of partial grids, each laid over ``grid``) the cells are the union
+    of the blocks, in order: e.g. a study that pairs each dataset with its own selected recipe.
+    """
+    blocks = doc.get("grids")
+    if blocks is None:
+        return _expand_grid(doc, path, data_fingerprint)
+    if not isinstance(blocks, list) or not blocks:
+        raise ConfigError(f"{path}: 'grids' must be a non-empty list of partial grids")
+    cells: dict[str, Cell] = {}
+    for i, block in enumerate(blocks):
+        _check(block, SCHEMA["grid"], path, f"grids[{i}].")
+        for c in _expand_grid({**doc, "grid": {**(doc.get("grid") or {}), **block}}, path, data_fingerprint):
+            cells.setdefault(c.cell_id, c)
+    return list(cells.values())
+
+
+def _expand_grid(doc: dict, path: Path, data_fingerprint) -> list[Cell]:
 
     def is_bool(v):
         if not isinstance(v, bool):

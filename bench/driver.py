@@ -232,18 +232,24 @@ def run_suite(name: str, *, rerun=False, only=(), max_cells=None, dry=False, dat
         if max_cells < 1:
             raise ConfigError("--max-cells must be >= 1")
         cells = cells[:max_cells]
-    tracker = Tracker(experiment or suite.experiment)
+    tracker = Tracker(experiment or suite.experiment, reuse=suite.reuse)
     tracker.mark_stale()
     finished = tracker.finished_cells()
     if dry:
         return dry_run(suite, cells, finished)
     runner = SuiteRunner(suite, tracker, data_root, allow_unverified, rerun, progress)
     summary = runner.run(cells, finished)
+    if suite.doc.get("ensembles"):
+        from bench.ensemble import build_ensembles
+
+        n = build_ensembles(tracker, suite.name, cells, runner.parent.run_id, data_root, allow_unverified)
+        log.info("suite %s: %d seed ensemble(s) logged", suite.name, n)
     if leaderboard:
         try:
             from leaderboard.build import build_leaderboard
 
-            build_leaderboard(suite.name, experiment=tracker.experiment_name, parent_run_id=runner.parent.run_id)
+            build_leaderboard(suite.name, experiment=tracker.experiment_name, parent_run_id=runner.parent.run_id,
+                              declared=suite)
         except Exception as exc:  # the leaderboard must never turn a good suite run red
             log.warning("leaderboard not regenerated: %s", exc)
     return summary

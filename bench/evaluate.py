@@ -120,3 +120,23 @@ def score(y: np.ndarray, p1: np.ndarray, positive_label: int, thresholds: dict |
         out["acc_tuned"] = acc(y, p1, thresholds["acc"])
         out["f1_tuned"] = f1(y, p1, positive_label, thresholds["f1"])
     return out
+
+
+def bootstrap_auc_ci(y: np.ndarray, p1: np.ndarray, n_boot: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """Percentile 95% interval of ``auc`` over bootstrap resamples of the samples.
+
+    The spread of a single model (e.g. a seed ensemble) on its test set: it says how much
+    the number would move with another draw of test images, not with another training run.
+    Resamples in which a label has only one class are skipped.
+    """
+    rng = np.random.default_rng(seed)
+    y = np.asarray(y).astype(int)
+    vals = []
+    for _ in range(n_boot):
+        i = rng.integers(0, len(y), len(y))
+        yi = y[i]
+        if (yi.min(axis=0) == yi.max(axis=0)).any():
+            continue
+        vals.append(auc(yi, p1[i]))
+    lo, hi = np.percentile(vals, [2.5, 97.5])
+    return float(lo), float(hi)

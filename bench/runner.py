@@ -83,7 +83,8 @@ def execute(cell: Cell, run, *, data_root=None, allow_unverified=None, init_stat
     run.tags({"device": str(device), "n_train": len(proto.train), "n_val": len(proto.val), "n_test": len(proto.test)})
 
     def on_epoch(rec: dict) -> None:
-        run.metrics({k: rec[k] for k in ("train_loss", "val_auc", "val_auprc", "epoch_seconds", "lr")}, step=rec["epoch"])
+        keys = ("train_loss", "val_auc", "val_auprc", "epoch_seconds", "lr")
+        run.metrics({k: rec[k] for k in keys if np.isfinite(rec[k])}, step=rec["epoch"])
 
     result = fit(cell, proto, spec, pos, device=device, init_state=init_state, on_epoch=on_epoch, progress=progress)
     bs, x_scale = cell.train.eval_batch_size, (0.5 if cell.train.voxel_scale and spec.shape_mask else 1.0)
@@ -100,7 +101,7 @@ def execute(cell: Cell, run, *, data_root=None, allow_unverified=None, init_stat
     final.update({f"test_{k}": v for k, v in test.items()})
     final.update({
         "best_epoch": result.best_epoch,
-        "epochs_run": len(result.history),
+        "epochs_run": sum(r["epoch"] > 0 for r in result.history),  # epoch 0 = the init checkpoint
         "train_seconds": result.train_seconds,
         "train_samples_per_s": result.train_samples / max(result.train_seconds, 1e-9),
         "threshold_acc": float(np.mean(thresholds["acc"])),

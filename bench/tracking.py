@@ -111,13 +111,21 @@ class Lock:
 class Tracker:
     """A connection to one tracking store and experiment."""
 
-    def __init__(self, experiment: str, uri: str | None = None):
+    def __init__(self, experiment: str, uri: str | None = None, reuse: tuple[str, ...] = ()):
+        """``reuse``: names of other experiments whose FINISHED cells count as done here.
+
+        A cell id is a digest of everything that determines the run (config, data md5, code
+        version), so an identical cell finished by another suite -- a search suite whose
+        winners a study suite confirms -- is the same experiment and need not run twice.
+        """
         self.uri = uri or tracking_uri()
         check_reachable(self.uri)
         mlflow.set_tracking_uri(self.uri)
         self.client = MlflowClient(self.uri)
         self.experiment_name = experiment
         self.experiment_id = self._experiment(experiment)
+        self.reuse_names = tuple(reuse)
+        self.reuse_ids = [e.experiment_id for e in map(self.client.get_experiment_by_name, reuse) if e is not None]
         self.locks = lock_dir(self.uri)
 
     def _experiment(self, name: str) -> str:
@@ -132,24 +140,23 @@ class Tracker:
             raise TrackingError(f"tracking store {self.uri}: cannot open experiment '{name}' ({exc.message.splitlines()[0]})") from None
 
     # ---------------------------------------------------------------- queries
-    def _search(self, filter_string: str) -> list:
+    def _search(self, filter_string: str, reuse: bool = False) -> list:
         runs, token = [], None
+        ids = [self.experiment_id, *(self.reuse_ids if reuse else [])]
         while True:
-            page = self.client.search_runs(
-                [self.experiment_id], filter_string=filter_string, max_results=5000, page_token=token
-            )
+            page = self.client.search_runs(ids, filter_string=filter_string, max_results=5000, page_token=token)
             runs.extend(page)
             token = page.token
             if not token:
                 return runs
 
     def finished_cells(self) -> dict[str, str]:
-        """cell id -> run id of FINISHED cell runs in this experiment (one filtered query)."""
-        runs = self._search("attributes.status = 'FINISHED' and tags.bench_role = 'cell'")
+        """cell id -> run id of FINISHED cell runs in this experiment and the reused ones (one query)."""
+        runs = self._search("attributes.status = 'FINISHED' and tags.bench_role = 'cell'", reuse=True)
         return {r.data.tags["bench_cell_id"]: r.info.run_id for r in sorted(runs, key=lambda r: r.info.start_time)}
 
     def finished_run(self, cell_id: str):
-        runs = self._search(f"attributes.status = 'FINISHED' and tags.bench_cell_id = '{cell_id}'")
+        runs = self._search(f"attributes.status = 'FINISHED' and tags.bench_cell_id = '{cell_id}'", reuse=True)
         runs = [r for r in runs if r.data.tags.get("bench_status") != "not_applicable"]
         return max(runs, key=lambda r: r.info.start_time) if runs else None
 
@@ -202,6 +209,22 @@ class Tracker:
 
     def download_artifact(self, run_id: str, path: str, dst: Path) -> Path:
         return Path(self.client.download_artifacts(run_id, path, str(dst)))
+
+    def artifact_names(self, run_id: str) -> list[str]:
+        return [f.path for f in self.client.list_artifacts(run_id)]
+
+    def finished_ensemble(self, ensemble_id: str):
+        runs = self._search(f"attributes.status = 'FINISHED' and tags.bench_ensemble_id = '{ensemble_id}'")
+        return runs[0] if runs else None
+
+    def start_ensemble(self, run_name: str, suite: str, parent_id: str | None, tags: dict, params: dict) -> "RunHandle":
+        base = {"bench_role": "ensemble", "bench_suite": suite, "bench_version": __version__,
+                "bench_git_commit": git_commit(), "bench_status": "running"}
+        if parent_id:
+            base[PARENT_TAG] = parent_id
+        run = self.client.create_run(self.experiment_id, run_name=run_name, tags={**base, **tags})
+        self.client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in params.items()])
+        return RunHandle(self, run.info.run_id, None)
 
 
 class RunHandle:
@@ -279,7 +302,11 @@ def check_reachable(uri: str, timeout: float = 3.0) -> None:
 def search_runs_frame(experiment_names: list[str], filter_string: str = ""):
     """``mlflow.search_runs`` as a pandas frame (for the leaderboard)."""
     mlflow.set_tracking_uri(tracking_uri())
-    return mlflow.search_runs(experiment_names=experiment_names, filter_string=filter_string, max_results=100_000)
+    client = MlflowClient()
+    ids = [e.experiment_id for e in map(client.get_experiment_by_name, experiment_names) if e is not None]
+    if not ids:  # mlflow.search_runs would search the default experiment instead
+        raise TrackingError(f"no experiment named {', '.join(experiment_names)} in {tracking_uri()}")
+    return mlflow.search_runs(experiment_ids=ids, filter_string=filter_string, max_results=100_000)
 
 
 def log_files(run_id: str, files: list, artifact_path: str) -> None:

@@ -130,6 +130,32 @@ def fit(
     best_auc, best_epoch, best_state, bad_epochs, best_scores = -math.inf, 0, None, 0, None
     history, samples, t_train = [], 0, 0.0
     stopped = False
+    x_scale = 0.5 if voxel_scale else 1.0
+
+    def consider(epoch: int, record: dict, s_val: np.ndarray) -> bool:
+        """Keep the state if it is the best on validation so far; True if it is."""
+        nonlocal best_auc, best_epoch, best_state, best_scores
+        if record["val_auc"] > best_auc:
+            best_auc, best_epoch, best_scores = record["val_auc"], epoch, s_val
+            best_state = copy.deepcopy(scored.module.state_dict() if ema is not None else model.state_dict())
+            return True
+        return False
+
+    if init_state is not None:
+        # A fine-tuning cell scores its starting checkpoint as "epoch 0", so that selection on
+        # validation can keep the source model when fine-tuning does not improve it (the
+        # two-stage recipe is then never worse than its source on validation, by construction).
+        t0 = time.perf_counter()
+        s_val = predict(model, proto.val, spec.is_3d, cfg.eval_batch_size, device, bf16, x_scale)
+        if np.isfinite(s_val).all():
+            p1 = to_label1(s_val, positive_label)
+            record = {"epoch": 0, "train_loss": float("nan"), "val_auc": auc(y_val, p1),
+                      "val_auprc": auprc(y_val, p1, positive_label),
+                      "lr": float(recipe.optimizer.param_groups[0]["lr"]), "epoch_seconds": time.perf_counter() - t0}
+            history.append(record)
+            if on_epoch is not None:
+                on_epoch(record)
+            consider(0, record, s_val)
     bar = tqdm(range(1, cfg.epochs + 1), desc=cell.run_name, unit="ep", disable=not progress, leave=False)
     for epoch in bar:
         t0 = time.perf_counter()
@@ -164,7 +190,6 @@ def fit(
             samples += len(idx)
         recipe.end_epoch(epoch)
         t_train += time.perf_counter() - t0
-        x_scale = 0.5 if voxel_scale else 1.0
         s_val = predict(scored, proto.val, spec.is_3d, cfg.eval_batch_size, device, bf16, x_scale)
         if not np.isfinite(s_val).all():
             raise TrainingDiverged(
@@ -188,9 +213,8 @@ def fit(
             # without a progress bar (CI, nohup) still say where we are, ~10 lines per cell
             log.info("%s epoch %d/%d: loss %.4f, val AUC %.4f (%.1fs)", cell.run_name, epoch, cfg.epochs,
                      record["train_loss"], record["val_auc"], record["epoch_seconds"])
-        if record["val_auc"] > best_auc:
-            best_auc, best_epoch, bad_epochs, best_scores = record["val_auc"], epoch, 0, s_val
-            best_state = copy.deepcopy(scored.module.state_dict() if ema is not None else model.state_dict())
+        if consider(epoch, record, s_val):
+            bad_epochs = 0
         else:
             bad_epochs += 1
             if cfg.patience and bad_epochs >= cfg.patience:

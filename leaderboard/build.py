@@ -13,13 +13,16 @@ DEFAULT_OUT = Path(__file__).resolve().parent
 
 
 def build_leaderboard(suite: str, *, out_dir=None, from_csv=None, experiment=None, parent_run_id=None,
-                      generated_at: str | None = None, charts: bool = True) -> Path:
+                      generated_at: str | None = None, charts: bool = True, declared=None) -> Path:
+    """``declared``: the loaded ``bench.config.Suite``; its cells (also those it reuses from
+    other suites' experiments) define the table. Without it, the runs tagged with the suite."""
     out = Path(out_dir) if out_dir else DEFAULT_OUT
     out.mkdir(parents=True, exist_ok=True)
     if from_csv:
         export = collect.read_csv(from_csv)
     else:
-        export = collect.from_mlflow(suite, experiment or f"medauc-bench/{suite}")
+        primary = experiment or (declared.experiment if declared else f"medauc-bench/{suite}")
+        export = collect.from_mlflow(suite, primary, declared)
     runs = collect.tidy(export)
     if runs.empty:
         from bench.errors import BenchError
@@ -38,7 +41,7 @@ def build_leaderboard(suite: str, *, out_dir=None, from_csv=None, experiment=Non
             name = f"{suite}-{dataset}.png"
             render.chart(agg, dataset, ref, out / name)
             chart_files[dataset] = name
-    md = render.markdown(suite, runs, agg, paired, generated_at, commit, chart_files)
+    md = render.markdown(suite, runs, agg, paired, generated_at, commit, chart_files, collect.ensembles(export))
     md_path = out / f"{suite}.md"
     md_path.write_text(md)
     agg.to_csv(out / f"{suite}.csv", index=False, float_format="%.6f")

@@ -14,10 +14,11 @@ import pandas as pd
 from bench.errors import BenchError
 from bench.evaluate import METRICS as METRIC_NAMES  # one definition of the metric set
 KEEP_PARAMS = ("dataset", "recipe", "objective", "model", "aug", "seed", "protocol", "fold", "epochs", "batch_size",
-               "init_from", "precision", "ema")
+               "init_from", "precision", "ema", "seeds")
 KEEP_TAGS = ("bench_cell_id", "bench_group_id", "bench_suite", "bench_status", "bench_git_commit", "data_md5",
-             "data_verified", "positive_label", "precision", "bench_version")
+             "data_verified", "positive_label", "precision", "bench_version", "bench_role", "bench_members")
 KEEP_METRICS = tuple(f"{s}_{m}" for s in ("val", "test") for m in METRIC_NAMES) + ("best_epoch", "train_seconds")
+ENSEMBLE_METRICS = ("test_auc_lo", "test_auc_hi", "n_models")
 
 
 def export_frame(raw: pd.DataFrame) -> pd.DataFrame:
@@ -25,22 +26,54 @@ def export_frame(raw: pd.DataFrame) -> pd.DataFrame:
     cols = ["run_id", "status", "start_time"]
     cols += [f"params.{p}" for p in KEEP_PARAMS]
     cols += [f"tags.{t}" for t in KEEP_TAGS]
-    cols += [f"metrics.{m}" for m in KEEP_METRICS]
+    cols += [f"metrics.{m}" for m in KEEP_METRICS + ENSEMBLE_METRICS]
     out = pd.DataFrame({c: (raw[c] if c in raw.columns else np.nan) for c in cols})
     out["start_time"] = pd.to_datetime(out["start_time"], utc=True).dt.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     return out.sort_values(["start_time", "run_id"]).reset_index(drop=True)
 
 
-def from_mlflow(suite: str, experiment: str) -> pd.DataFrame:
-    """FINISHED cell runs of ``suite`` in ``experiment``, as the export frame."""
+def declared_cell_ids(declared, raw: pd.DataFrame) -> set[str]:
+    """Ids of the suite's cells for every data file its runs used (or the official one).
+
+    Cell ids include the data file's md5; taking the md5s from the runs themselves keeps the
+    leaderboard independent of which data files happen to be on this machine now.
+    """
+    from bench.data import get_spec
+
+    md5s: dict[str, set] = {}
+    for flag, md5 in zip(raw.get("params.dataset", []), raw.get("tags.data_md5", [])):
+        md5s.setdefault(flag, set()).add(md5)
+    ids: set[str] = set()
+    flags = {c.dataset for c in declared.cells()}
+    for flag in flags:
+        for md5 in md5s.get(flag, set()) | {get_spec(flag).md5}:
+            ids |= {c.cell_id for c in declared.cells(lambda f, m=md5: m) if c.dataset == flag}
+    return ids
+
+
+def from_mlflow(suite: str, experiment: str, declared=None) -> pd.DataFrame:
+    """FINISHED cell runs of ``suite`` as the export frame.
+
+    With ``declared`` (a loaded suite): the runs of its cells in ``experiment`` and in the
+    experiments it reuses. Without: the runs tagged ``bench_suite = suite`` in ``experiment``.
+    """
     from bench.tracking import search_runs_frame
 
+    experiments = [experiment, *(declared.reuse if declared else ())]
+    query = "attributes.status = 'FINISHED' and tags.bench_role = 'cell'"
     try:
-        raw = search_runs_frame(
-            [experiment], f"attributes.status = 'FINISHED' and tags.bench_role = 'cell' and tags.bench_suite = '{suite}'"
-        )
+        raw = search_runs_frame(experiments, query if declared else f"{query} and tags.bench_suite = '{suite}'")
     except Exception as exc:
         raise BenchError(f"cannot read runs of experiment '{experiment}': {str(exc).splitlines()[0]}") from None
+    if declared is not None and not raw.empty:
+        raw = raw[raw["tags.bench_cell_id"].isin(declared_cell_ids(declared, raw))]
+    try:  # the suite's seed ensembles (bench.ensemble): its own runs, in its own experiment
+        ens = search_runs_frame([experiment], f"attributes.status = 'FINISHED' and tags.bench_role = 'ensemble' "
+                                              f"and tags.bench_suite = '{suite}'")
+    except Exception:
+        ens = pd.DataFrame()
+    if not raw.empty and not ens.empty:
+        raw = pd.concat([raw, ens], ignore_index=True)
     if raw.empty:
         raise BenchError(
             f"no finished runs of suite '{suite}' in experiment '{experiment}'; run `bench suite {suite}` first "
@@ -72,9 +105,28 @@ def _bool(s: pd.Series) -> pd.Series:
     return s.astype(str).str.lower().isin(["true", "1", "yes"])
 
 
+def _is_ensemble(export: pd.DataFrame) -> pd.Series:
+    if "tags.bench_role" not in export.columns:  # exports made before ensembles existed
+        return pd.Series(False, index=export.index)
+    return export["tags.bench_role"].astype(str) == "ensemble"
+
+
+def ensembles(export: pd.DataFrame) -> pd.DataFrame:
+    """Typed table of seed-ensemble runs: the newest per group (dataset, recipe, model, aug)."""
+    df = export[_is_ensemble(export)].sort_values("start_time").drop_duplicates("tags.bench_group_id", keep="last")
+    out = pd.DataFrame({
+        "dataset": df["params.dataset"].astype(str), "recipe": df["params.recipe"].astype(str),
+        "model": df["params.model"].astype(str), "aug": _bool(df["params.aug"]),
+        "seeds": df["params.seeds"].astype(str), "data_verified": _bool(df["tags.data_verified"]),
+    })
+    for m in KEEP_METRICS + ENSEMBLE_METRICS:
+        out[m] = pd.to_numeric(df[f"metrics.{m}"], errors="coerce") if f"metrics.{m}" in df else np.nan
+    return out.sort_values(["dataset", "recipe", "aug", "model"]).reset_index(drop=True)
+
+
 def tidy(export: pd.DataFrame) -> pd.DataFrame:
     """Typed table, one row per cell: the newest FINISHED run per ``bench_cell_id``."""
-    df = export.copy()
+    df = export[~_is_ensemble(export)].copy()
     df = df[df["tags.bench_status"].fillna("finished") != "not_applicable"]
     df = df.sort_values("start_time").drop_duplicates("tags.bench_cell_id", keep="last")
     out = pd.DataFrame({

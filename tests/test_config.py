@@ -164,3 +164,48 @@ def test_flat_params_are_mlflow_friendly(suites):
     p = c.flat_params()
     assert p["dataset"] == "breastmnist" and "aucm.epoch_decay" in p or "ce.lr" in p
     assert all("." not in k or k.split(".")[0] == c.objective for k in p)
+
+
+STUDY = """
+include: _base.yaml
+suite: st
+models: {3d: resnet18_3d_tiny}
+recipes:
+  ft: {objective: aucm, init_from: ce, params: {lr: 0.05}, train: {epochs: 20}}
+  ft2: {objective: compauc, init_from: ce, train: {epochs: 20}}
+datasets:
+  adrenalmnist3d: {train: {epochs: 12}, recipes: {ft: {params: {margin: 0.6}, train: {epochs: 4}}}}
+grid: {aug: [false], seed: [0, 1], protocol: [official]}
+grids:
+  - {dataset: [breastmnist], objective: [ce, ft]}
+  - {dataset: [adrenalmnist3d], objective: [ce, ft2]}
+  - {dataset: [adrenalmnist3d], objective: [ce]}
+"""
+
+
+def test_grids_are_a_union_of_blocks_with_per_dataset_recipe_overrides(suites):
+    suites("st", STUDY)
+    cells = load_suite("st").cells()
+    pairs = sorted({(c.dataset, c.recipe) for c in cells})
+    assert pairs == [("adrenalmnist3d", "ce"), ("adrenalmnist3d", "ft2"), ("breastmnist", "ce"), ("breastmnist", "ft")]
+    assert len(cells) == 4 * 2  # the repeated adrenal ce block adds no duplicate cell
+    assert len({c.cell_id for c in cells}) == len(cells)
+    suites("st2", STUDY.replace("ft2]", "ft]").replace("suite: st", "suite: st2"))
+    ft = {c.dataset: c for c in load_suite("st2").cells() if c.recipe == "ft"}
+    # datasets.<flag>.recipes.<name> merges params and train key by key, for that dataset only
+    assert ft["adrenalmnist3d"].params_dict["margin"] == 0.6 and ft["adrenalmnist3d"].params_dict["lr"] == 0.05
+    assert ft["adrenalmnist3d"].train.epochs == 4 and ft["breastmnist"].train.epochs == 20
+    assert ft["breastmnist"].params_dict["margin"] == 1.0
+
+
+@pytest.mark.parametrize("text,match", [
+    ("grids: [{dataset: [breastmnist], objectiv: [ce]}]", r"grids\[0\]\.objectiv'.*did you mean 'objective'"),
+    ("grids: []", "non-empty list"),
+    ("datasets: {breastmnist: {recipes: {fx: {train: {epochs: 2}}}}}", "unknown recipe 'fx'.*did you mean 'ft'"),
+    ("reuse: [smok]", "did you mean 'smoke'"),
+])
+def test_study_keys_are_validated(suites, text, match):
+    suites("smoke", "include: _base.yaml\nsuite: smoke\n")
+    suites("v", GOOD.replace("suite: t", "suite: v") + "recipes: {ft: {objective: aucm, init_from: ce}}\n" + text + "\n")
+    with pytest.raises(ConfigError, match=match):
+        load_suite("v").cells()

@@ -204,3 +204,64 @@ def test_failed_init_source_fails_the_dependent_cell(suites, synth_dir, monkeypa
     assert sorted(df["status"]) == ["FAILED", "FAILED"]
     ft = df[df["params.recipe"] == "aucm_ft"]
     assert "init_from cell" in ft["tags.bench_error"].iloc[0]
+
+
+def test_fine_tuning_scores_its_source_as_epoch_0(suites, synth_dir):
+    write(suites, objectives="[aucm_ft]",
+          extra="recipes: {aucm_ft: {objective: aucm, init_from: ce, params: {lr: 0.05}, train: {epochs: 2}}}\n")
+    assert run_suite("t", progress=False, leaderboard=False).failed == 0
+    df = runs()
+    ce = df[df["params.recipe"] == "ce"].iloc[0]
+    ft = df[df["params.recipe"] == "aucm_ft"].iloc[0]
+    hist = {m.step: m.value for m in mlflow.MlflowClient().get_metric_history(ft["run_id"], "val_auc")}
+    # epoch 0 is the CE checkpoint itself: the same validation AUC as the CE run's selected model
+    assert hist[0] == pytest.approx(ce["metrics.val_auc"], abs=1e-9)
+    assert ft["metrics.val_auc"] >= ce["metrics.val_auc"] - 1e-12  # selection can only keep or improve it
+    assert ft["metrics.epochs_run"] == 2
+
+
+def test_reuse_counts_identical_cells_of_another_suite(suites, synth_dir):
+    from leaderboard.build import build_leaderboard
+    from bench.config import load_suite
+
+    write(suites, name="a", objectives="[ce]")
+    assert run_suite("a", progress=False, leaderboard=False).counts()["finished"] == 1
+    write(suites, name="b", objectives="[ce, aucm]", extra="reuse: [a]\n")
+    s = run_suite("b", progress=False, leaderboard=False)
+    assert s.counts()["skipped"] == 1 and s.counts()["finished"] == 1  # ce reused, aucm run
+    md = build_leaderboard("b", out_dir=synth_dir.parent / "lb", charts=False, declared=load_suite("b"))
+    text = md.read_text()
+    assert "**2 runs**" in text and "| ce |" in text and "| aucm |" in text
+    write(suites, name="c", objectives="[ce]", extra="reuse: [aa]\n")
+    with pytest.raises(ConfigError, match="did you mean 'a'"):
+        run_suite("c", progress=False, leaderboard=False)
+
+
+def test_seed_ensemble_is_its_own_run_and_matches_its_members(suites, synth_dir, tmp_path):
+    import numpy as np
+    import pandas as pd
+    from sklearn.metrics import roc_auc_score
+
+    from bench import data as D
+    from bench.config import load_suite
+    from leaderboard.build import build_leaderboard
+
+    suites("e", SUITE.format(name="e", datasets="[breastmnist]", objectives="[ce]").replace("seed: [0]", "seed: [0, 1]")
+           + "ensembles: true\n")
+    assert run_suite("e", progress=False, leaderboard=False).counts()["finished"] == 2
+    mlflow.set_tracking_uri(tracking_uri())
+    ens = mlflow.search_runs(experiment_names=["medauc-bench/e"], filter_string="tags.bench_role = 'ensemble'")
+    assert len(ens) == 1 and ens["metrics.n_models"].iloc[0] == 2
+    client = mlflow.MlflowClient()
+    preds = []
+    for rid in ens["tags.bench_members"].iloc[0].split(","):
+        name = next(a.path for a in client.list_artifacts(rid) if a.path.startswith("breastmnist_test_"))
+        preds.append(pd.read_csv(client.download_artifacts(rid, name, str(tmp_path)), header=None, index_col=0).to_numpy())
+    y = D.load("breastmnist", allow_unverified=True).splits["test"].y.numpy()[:, 0]
+    assert ens["metrics.test_auc"].iloc[0] == pytest.approx(roc_auc_score(y, np.mean(preds, axis=0)[:, 0]), abs=1e-12)
+    assert ens["metrics.test_auc_lo"].iloc[0] <= ens["metrics.test_auc"].iloc[0] <= ens["metrics.test_auc_hi"].iloc[0]
+    run_suite("e", progress=False, leaderboard=False)  # same members: no second ensemble run
+    assert len(mlflow.search_runs(experiment_names=["medauc-bench/e"], filter_string="tags.bench_role = 'ensemble'")) == 1
+    md = build_leaderboard("e", out_dir=tmp_path / "lb", charts=False, declared=load_suite("e")).read_text()
+    assert "### Seed ensembles" in md and "2 (0,1)" in md
+    assert "**2 runs**" in md  # the ensemble is not counted as a single-model run
