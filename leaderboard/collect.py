@@ -114,6 +114,8 @@ def _is_ensemble(export: pd.DataFrame) -> pd.Series:
 def ensembles(export: pd.DataFrame) -> pd.DataFrame:
     """Typed table of seed-ensemble runs: the newest per group (dataset, recipe, model, aug)."""
     df = export[_is_ensemble(export)].sort_values("start_time").drop_duplicates("tags.bench_group_id", keep="last")
+    if df.empty:
+        return pd.DataFrame(columns=["dataset", "recipe", "model", "aug", "seeds", "data_verified"])
     out = pd.DataFrame({
         "dataset": df["params.dataset"].astype(str), "recipe": df["params.recipe"].astype(str),
         "model": df["params.model"].astype(str), "aug": _bool(df["params.aug"]),

@@ -51,16 +51,19 @@ def dataset_table(agg: pd.DataFrame, ref: dict, dataset: str, protocol: str) -> 
         return ""
     (lfl_name, lfl_auc, lfl_acc), _ = paper_rows(ref, dataset)
     best = {m: g[f"{m}_mean"].max() for m in TEST_METRICS}
-    head = ["objective", "model", "aug", "n", COLUMNS["test_auc"], "AUC 95% CI"] + [COLUMNS[m] for m in TEST_METRICS[1:]]
+    head = ["objective", "model", "aug", "n", "val AUC", COLUMNS["test_auc"], "AUC 95% CI"] + [COLUMNS[m] for m in TEST_METRICS[1:]]
     if protocol == "official":
         head += [f"Δ AUC vs {lfl_name}", f"Δ ACC vs {lfl_name}"]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * 4 + ["---:"] * (len(head) - 4)) + "|"]
     paper_models = ref["paper_models"]
+    best_val = g["val_auc_mean"].max()
     for _, r in g.sort_values(["recipe", "aug", "model"]).iterrows():
         n = f"{r['n']}" if not r["incomplete"] else f"{r['n']}/{r['expected_n']} (incomplete)"
         if r["unverified"]:
             n += " ‡"
         cells = [r["recipe"], r["model"] + ("" if r["model"] in paper_models else " †"), "on" if r["aug"] else "off", n]
+        val = fmt(r["val_auc_mean"], r["val_auc_std"])  # what recipe selection may look at
+        cells.append(f"_{val}_" if np.isclose(r["val_auc_mean"], best_val) else val)
         for m in TEST_METRICS:
             text = fmt(r[f"{m}_mean"], r[f"{m}_std"])
             cells.append(f"**{text}**" if np.isclose(r[f"{m}_mean"], best[m]) else text)
@@ -123,7 +126,8 @@ def markdown(suite: str, runs: pd.DataFrame, agg: pd.DataFrame, paired: pd.DataF
         "AUC and ACC follow `medmnist.Evaluator` (ACC at 0.5). AUPRC and F1 are for the minority class of the "
         "training split (label 0 for Breast/Pneumonia/Synapse, label 1 otherwise; ChestMNIST: each finding). "
         "\"val thr.\" columns use a threshold chosen on validation (max val ACC, resp. max val F1). "
-        "Bold: best mean of the column for the dataset.",
+        "Bold: best mean of the column for the dataset. \"val AUC\" is the selected models' validation AUC, the "
+        "only number a choice between recipes may use (italic: best).",
         "",
         f"Paper reference: {ref['source']}. Δ columns compare with the like-for-like paper row (ResNet-18 (28) "
         "for 2D, ResNet-18+3D for 3D) on the official split; the paper reports AUC and ACC only. "

@@ -103,7 +103,7 @@ def _log_synthetic_runs():
     for _, r in synthetic_export().iterrows():
         if r["run_id"] == "r000":
             continue
-        run = client.create_run(exp, tags={"bench_role": "cell", **{c[5:]: str(r[c]) for c in r.index if c.startswith("tags.")}})
+        run = client.create_run(exp, tags={"bench_role": "cell", **{c[5:]: str(r[c]) for c in r.index if c.startswith("tags.") and pd.notna(r[c])}})
         client.log_batch(run.info.run_id,
                          params=[Param(c[7:], str(r[c])) for c in r.index if c.startswith("params.") and isinstance(r[c], str)],
                          metrics=[Metric(c[8:], float(r[c]), 0, 0) for c in r.index if c.startswith("metrics.") and pd.notna(r[c])])
