@@ -55,30 +55,45 @@ def aggregate(runs: pd.DataFrame) -> pd.DataFrame:
     return agg
 
 
+def _paired_row(key: dict, d: np.ndarray) -> dict:
+    n = len(d)
+    row = {**key, "n_pairs": n,
+           "mean_diff": float(np.mean(d)) if n else float("nan"),
+           "std_diff": float(np.std(d, ddof=1)) if n > 1 else float("nan"),
+           "wins": int((d > 0).sum()), "losses": int((d < 0).sum()),
+           "wilcoxon_p": float("nan"), "ttest_p": float("nan")}
+    if n >= 2 and np.any(d != 0):
+        row["wilcoxon_p"] = float(stats.wilcoxon(d, alternative="two-sided", method="exact" if n <= 50 else "auto").pvalue)
+        if np.std(d) > 0:
+            row["ttest_p"] = float(stats.ttest_1samp(d, 0.0).pvalue)
+    elif n >= 2:
+        row["wilcoxon_p"] = row["ttest_p"] = 1.0
+    row["note"] = (
+        "no pairs" if n == 0 else
+        f"n={n} < {WILCOXON_MIN_N}: Wilcoxon cannot reach p<0.05" if n < WILCOXON_MIN_N else ""
+    )
+    return row
+
+
 def paired_vs_baseline(runs: pd.DataFrame, metric: str = "test_auc", baseline: str = BASELINE) -> pd.DataFrame:
-    """Each non-baseline recipe vs the baseline on identical (dataset, model, aug, protocol, seed, fold)."""
+    """Each non-baseline recipe vs the baseline on identical (dataset, model, aug, protocol, seed, fold).
+
+    A recipe that appears on two or more datasets also gets a pooled row (dataset
+    ``all (pooled)``): all its pairs together, a test of "does it help across datasets".
+    """
     base = runs[runs["recipe"] == baseline][PAIR_KEYS + [metric]].rename(columns={metric: "base"})
+    pairs = runs[runs["recipe"] != baseline][PAIR_KEYS + ["recipe", metric]].merge(base, on=PAIR_KEYS, how="inner")
+    pairs["d"] = pairs[metric] - pairs["base"]
     rows = []
     for (dataset, recipe, model, aug, protocol), g in runs[runs["recipe"] != baseline].groupby(
         ["dataset", "recipe", "model", "aug", "protocol"], sort=True
     ):
         m = g[PAIR_KEYS + [metric]].merge(base, on=PAIR_KEYS, how="inner")
-        d = (m[metric] - m["base"]).to_numpy(dtype=float)
-        n = len(d)
-        row = {"dataset": dataset, "recipe": recipe, "model": model, "aug": aug, "protocol": protocol, "n_pairs": n,
-               "mean_diff": float(np.mean(d)) if n else float("nan"),
-               "std_diff": float(np.std(d, ddof=1)) if n > 1 else float("nan"),
-               "wins": int((d > 0).sum()), "losses": int((d < 0).sum()),
-               "wilcoxon_p": float("nan"), "ttest_p": float("nan")}
-        if n >= 2 and np.any(d != 0):
-            row["wilcoxon_p"] = float(stats.wilcoxon(d, alternative="two-sided", method="exact" if n <= 50 else "auto").pvalue)
-            if np.std(d) > 0:
-                row["ttest_p"] = float(stats.ttest_1samp(d, 0.0).pvalue)
-        elif n >= 2:
-            row["wilcoxon_p"] = row["ttest_p"] = 1.0
-        row["note"] = (
-            "no pairs" if n == 0 else
-            f"n={n} < {WILCOXON_MIN_N}: Wilcoxon cannot reach p<0.05" if n < WILCOXON_MIN_N else ""
-        )
-        rows.append(row)
+        key = {"dataset": dataset, "recipe": recipe, "model": model, "aug": aug, "protocol": protocol}
+        rows.append(_paired_row(key, (m[metric] - m["base"]).to_numpy(dtype=float)))
+    for (recipe, aug, protocol), g in pairs.groupby(["recipe", "aug", "protocol"], sort=True):
+        if g["dataset"].nunique() >= 2:
+            key = {"dataset": "all (pooled)", "recipe": recipe, "model": "/".join(sorted(g["model"].unique())),
+                   "aug": aug, "protocol": protocol}
+            rows.append(_paired_row(key, g["d"].to_numpy(dtype=float)))
     return pd.DataFrame(rows)

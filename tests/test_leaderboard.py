@@ -95,6 +95,10 @@ def test_paired_test_known_answer():
     assert row["note"] == ""
     small = A.paired_vs_baseline(pd.concat([base[:3], dam[:3]])).iloc[0]
     assert "cannot reach p<0.05" in small["note"] and small["wilcoxon_p"] == pytest.approx(0.25)
+    # the same 6 pairs split over two datasets: 3 pairs per dataset, and one pooled row of 6
+    two = pd.concat([base, dam]).assign(dataset=lambda f: np.where(f["seed"] < 3, "b", "c"))
+    pooled = A.paired_vs_baseline(two).set_index("dataset").loc["all (pooled)"]
+    assert pooled["n_pairs"] == 6 and pooled["wilcoxon_p"] == pytest.approx(2 / 64)
 
 
 def _log_synthetic_runs():
