@@ -25,8 +25,8 @@ def test_shipped_suite_names():
 def test_grid_expansion_counts():
     assert len(load_suite("smoke").cells()) == 2
     assert len(load_suite("quick").cells()) == 30
-    # 7 datasets x 5 objectives x 2 aug x 3 seeds x (official + 5 folds)
-    assert len(load_suite("full").cells()) == 7 * 5 * 2 * 3 * 6
+    # 7 datasets x (5 objectives + 2 two-stage recipes) x 2 aug x 3 seeds x (official + 5 folds)
+    assert len(load_suite("full").cells()) == 7 * 7 * 2 * 3 * 6
 
 
 def test_full_suite_uses_paper_models():
@@ -34,7 +34,7 @@ def test_full_suite_uses_paper_models():
     assert {c.model for c in cells if c.dataset.endswith("3d")} == {"resnet18_3d"}
     assert {c.model for c in cells if not c.dataset.endswith("3d")} == {"resnet18_28"}
     assert {c.train.batch_size for c in cells if c.dataset.endswith("3d")} == {32}
-    assert {c.train.epochs for c in cells} == {100}
+    assert {c.train.epochs for c in cells if not c.init_from} == {100}
 
 
 def test_cell_ids_are_stable_and_distinct(suites):
