@@ -62,7 +62,7 @@ def dataset_table(agg: pd.DataFrame, ref: dict, dataset: str, protocol: str) -> 
         if r["unverified"]:
             n += " ‡"
         cells = [r["recipe"], r["model"] + ("" if r["model"] in paper_models else " †"), "on" if r["aug"] else "off", n]
-        val = fmt(r["val_auc_mean"], r["val_auc_std"])  # what recipe selection may look at
+        val = fmt(r["val_auc_mean"], r["val_auc_std"], 4)  # what recipe selection may look at: 4 digits
         cells.append(f"_{val}_" if np.isclose(r["val_auc_mean"], best_val) else val)
         for m in TEST_METRICS:
             text = fmt(r[f"{m}_mean"], r[f"{m}_std"])
