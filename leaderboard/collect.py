@@ -33,7 +33,8 @@ def export_frame(raw: pd.DataFrame) -> pd.DataFrame:
 
 
 def declared_cell_ids(declared, raw: pd.DataFrame) -> set[str]:
-    """Ids of the suite's cells for every data file its runs used (or the official one).
+    """Ids of the suite's cells -- and of their groups -- for every data file its runs used
+    (or the official one).
 
     Cell ids include the data file's md5; taking the md5s from the runs themselves keeps the
     leaderboard independent of which data files happen to be on this machine now.
@@ -47,7 +48,7 @@ def declared_cell_ids(declared, raw: pd.DataFrame) -> set[str]:
     flags = {c.dataset for c in declared.cells()}
     for flag in flags:
         for md5 in md5s.get(flag, set()) | {get_spec(flag).md5}:
-            ids |= {c.cell_id for c in declared.cells(lambda f, m=md5: m) if c.dataset == flag}
+            ids |= {i for c in declared.cells(lambda f, m=md5: m) if c.dataset == flag for i in (c.cell_id, c.group_id)}
     return ids
 
 
@@ -65,13 +66,16 @@ def from_mlflow(suite: str, experiment: str, declared=None) -> pd.DataFrame:
         raw = search_runs_frame(experiments, query if declared else f"{query} and tags.bench_suite = '{suite}'")
     except Exception as exc:
         raise BenchError(f"cannot read runs of experiment '{experiment}': {str(exc).splitlines()[0]}") from None
-    if declared is not None and not raw.empty:
-        raw = raw[raw["tags.bench_cell_id"].isin(declared_cell_ids(declared, raw))]
+    ids = declared_cell_ids(declared, raw) if declared is not None and not raw.empty else None
+    if ids is not None:
+        raw = raw[raw["tags.bench_cell_id"].isin(ids)]
     try:  # the suite's seed ensembles (bench.ensemble): its own runs, in its own experiment
         ens = search_runs_frame([experiment], f"attributes.status = 'FINISHED' and tags.bench_role = 'ensemble' "
                                               f"and tags.bench_suite = '{suite}'")
     except Exception:
         ens = pd.DataFrame()
+    if ids is not None and not ens.empty:  # only groups the suite still declares
+        ens = ens[ens["tags.bench_group_id"].isin(ids)]
     if not raw.empty and not ens.empty:
         raw = pd.concat([raw, ens], ignore_index=True)
     if raw.empty:

@@ -85,7 +85,8 @@ def paired_table(paired: pd.DataFrame) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * 5 + ["---:"] * 5 + ["---"]) + "|"]
     for _, r in paired.iterrows():
         lines.append("| " + " | ".join([
-            r["dataset"], r["recipe"], r["model"], "on" if r["aug"] else "off", r["protocol"], str(r["n_pairs"]),
+            r["dataset"], r["recipe"], r["model"], r["aug"] if isinstance(r["aug"], str) else ("on" if r["aug"] else "off"),
+            r["protocol"], str(r["n_pairs"]),
             fmt(r["mean_diff"], r["std_diff"]), f"{r['wins']}/{r['losses']}", fmt_p(r["wilcoxon_p"]),
             fmt_p(r["ttest_p"]), r["note"] or "",
         ]) + " |")

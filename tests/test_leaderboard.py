@@ -98,7 +98,9 @@ def test_paired_test_known_answer():
     # the same 6 pairs split over two datasets: 3 pairs per dataset, and one pooled row of 6
     two = pd.concat([base, dam]).assign(dataset=lambda f: np.where(f["seed"] < 3, "b", "c"))
     pooled = A.paired_vs_baseline(two).set_index("dataset").loc["all (pooled)"]
-    assert pooled["n_pairs"] == 6 and pooled["wilcoxon_p"] == pytest.approx(2 / 64)
+    assert pooled.iloc[0]["n_pairs"] == 6 and pooled.iloc[0]["wilcoxon_p"] == pytest.approx(2 / 64)
+    # one DAM recipe per dataset: a second pooled row over all pairs (here the same 6)
+    assert len(pooled) == 2 and pooled.iloc[1]["recipe"] == "each dataset's DAM recipe" and pooled.iloc[1]["n_pairs"] == 6
 
 
 def _log_synthetic_runs():
