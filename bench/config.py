@@ -92,11 +92,11 @@ class Cell:
 
     @property
     def cell_id(self) -> str:
-        return _digest(self.identity())
+        return digest(self.identity())
 
     @property
     def group_id(self) -> str:
-        return _digest(self.identity(with_seed_fold=False))
+        return digest(self.identity(with_seed_fold=False))
 
     @property
     def run_name(self) -> str:
@@ -115,7 +115,8 @@ class Cell:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in out.items()}
 
 
-def _digest(obj) -> str:
+def digest(obj) -> str:
+    """Short sha256 of ``obj``'s canonical JSON: cell, group and ensemble ids."""
     blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

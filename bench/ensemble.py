@@ -9,8 +9,6 @@ ensemble is one model, so its spread is a bootstrap 95% interval over test sampl
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import tempfile
 from collections import defaultdict
@@ -20,8 +18,8 @@ import numpy as np
 import pandas as pd
 
 from bench import data as D
-from bench.config import Cell
-from bench.evaluate import bootstrap_auc_ci, score, tune_thresholds
+from bench.config import Cell, digest
+from bench.evaluate import bootstrap_auc_ci, score_val_test
 
 log = logging.getLogger(__name__)
 MIN_MEMBERS = 2
@@ -37,7 +35,7 @@ def groups(cells: list[Cell]) -> dict[str, list[Cell]]:
 
 
 def ensemble_id(member_run_ids: list[str]) -> str:
-    return hashlib.sha256(json.dumps(sorted(member_run_ids)).encode()).hexdigest()[:16]
+    return digest(sorted(member_run_ids))
 
 
 def _predictions(tracker, run_id: str, dataset: str, split: str, tmp: Path) -> np.ndarray:
@@ -64,9 +62,9 @@ def build_one(tracker, suite: str, parent_id, members: list[Cell], runs: list, d
     with tempfile.TemporaryDirectory(prefix="bench-ens-") as tmp:
         val = np.mean([_predictions(tracker, r, first.dataset, "val", Path(tmp)) for r in run_ids], axis=0)
         test = np.mean([_predictions(tracker, r, first.dataset, "test", Path(tmp)) for r in run_ids], axis=0)
-    thresholds = tune_thresholds(y_val, val, pos)  # validation only, as for single models
-    metrics = {f"val_{k}": v for k, v in score(y_val, val, pos, thresholds).items()}
-    metrics.update({f"test_{k}": v for k, v in score(y_test, test, pos, thresholds).items()})
+    val_m, test_m, _ = score_val_test(y_val, val, y_test, test, pos)  # thresholds from validation, as for single models
+    metrics = {f"val_{k}": v for k, v in val_m.items()}
+    metrics.update({f"test_{k}": v for k, v in test_m.items()})
     metrics["test_auc_lo"], metrics["test_auc_hi"] = bootstrap_auc_ci(y_test, test)
     metrics["n_models"] = len(run_ids)
     seeds = sorted(c.seed for c in members)

@@ -122,6 +122,15 @@ def score(y: np.ndarray, p1: np.ndarray, positive_label: int, thresholds: dict |
     return out
 
 
+def score_val_test(y_val: np.ndarray, p1_val: np.ndarray, y_test: np.ndarray, p1_test: np.ndarray,
+                   positive_label: int) -> tuple[dict, dict, dict]:
+    """(val metrics, test metrics, thresholds): thresholds are tuned on validation only and then
+    applied unchanged to test."""
+    thresholds = tune_thresholds(y_val, p1_val, positive_label)
+    return (score(y_val, p1_val, positive_label, thresholds), score(y_test, p1_test, positive_label, thresholds),
+            thresholds)
+
+
 def bootstrap_auc_ci(y: np.ndarray, p1: np.ndarray, n_boot: int = 2000, seed: int = 0) -> tuple[float, float]:
     """Percentile 95% interval of ``auc`` over bootstrap resamples of the samples.
 

@@ -15,7 +15,7 @@ import torch
 from bench import data as D
 from bench.config import Cell
 from bench.errors import BenchError, NotApplicable
-from bench.evaluate import predict, score, to_label1, tune_thresholds
+from bench.evaluate import predict, score_val_test, to_label1
 from bench.objectives import get_objective
 from bench.train import fit, select_device
 
@@ -91,11 +91,9 @@ def execute(cell: Cell, run, *, data_root=None, allow_unverified=None, init_stat
     y_val = proto.val.y.numpy().astype(int)
     y_test = proto.test.y.numpy().astype(int)
     p1_val = to_label1(result.val_scores, pos)  # scored during training, by the selected weights
-    thresholds = tune_thresholds(y_val, p1_val, pos)  # chosen on validation only
-    val = score(y_val, p1_val, pos, thresholds)
     # The one and only look at the test split, with the selected weights.
     p1_test = to_label1(predict(result.model, proto.test, spec.is_3d, bs, device, result.bf16, x_scale), pos)
-    test = score(y_test, p1_test, pos, thresholds)
+    val, test, thresholds = score_val_test(y_val, p1_val, y_test, p1_test, pos)
 
     final = {f"val_{k}": v for k, v in val.items()}
     final.update({f"test_{k}": v for k, v in test.items()})

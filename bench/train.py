@@ -141,21 +141,33 @@ def fit(
             return True
         return False
 
+    def score_epoch(net, epoch: int, train_loss: float, t0: float) -> tuple[dict, np.ndarray]:
+        """Score ``net`` on validation, record and report the epoch; non-finite scores end the cell."""
+        s_val = predict(net, proto.val, spec.is_3d, cfg.eval_batch_size, device, bf16, x_scale)
+        if not np.isfinite(s_val).all():
+            raise TrainingDiverged(
+                f"{cell.run_name}: the model's validation scores became non-finite at epoch {epoch}; "
+                f"lower the learning rate of '{cell.objective}' or use --precision fp32"
+            )
+        p1 = to_label1(s_val, positive_label)
+        record = {
+            "epoch": epoch,
+            "train_loss": train_loss,
+            "val_auc": auc(y_val, p1),
+            "val_auprc": auprc(y_val, p1, positive_label),
+            "lr": float(recipe.optimizer.param_groups[0]["lr"]),
+            "epoch_seconds": time.perf_counter() - t0,
+        }
+        history.append(record)
+        if on_epoch is not None:
+            on_epoch(record)
+        return record, s_val
+
     if init_state is not None:
         # A fine-tuning cell scores its starting checkpoint as "epoch 0", so that selection on
         # validation can keep the source model when fine-tuning does not improve it (the
         # two-stage recipe is then never worse than its source on validation, by construction).
-        t0 = time.perf_counter()
-        s_val = predict(model, proto.val, spec.is_3d, cfg.eval_batch_size, device, bf16, x_scale)
-        if np.isfinite(s_val).all():
-            p1 = to_label1(s_val, positive_label)
-            record = {"epoch": 0, "train_loss": float("nan"), "val_auc": auc(y_val, p1),
-                      "val_auprc": auprc(y_val, p1, positive_label),
-                      "lr": float(recipe.optimizer.param_groups[0]["lr"]), "epoch_seconds": time.perf_counter() - t0}
-            history.append(record)
-            if on_epoch is not None:
-                on_epoch(record)
-            consider(0, record, s_val)
+        consider(0, *score_epoch(model, 0, float("nan"), time.perf_counter()))
     bar = tqdm(range(1, cfg.epochs + 1), desc=cell.run_name, unit="ep", disable=not progress, leave=False)
     for epoch in bar:
         t0 = time.perf_counter()
@@ -190,24 +202,7 @@ def fit(
             samples += len(idx)
         recipe.end_epoch(epoch)
         t_train += time.perf_counter() - t0
-        s_val = predict(scored, proto.val, spec.is_3d, cfg.eval_batch_size, device, bf16, x_scale)
-        if not np.isfinite(s_val).all():
-            raise TrainingDiverged(
-                f"{cell.run_name}: the model's validation scores became non-finite at epoch {epoch}; "
-                f"lower the learning rate of '{cell.objective}' or use --precision fp32"
-            )
-        p1 = to_label1(s_val, positive_label)
-        record = {
-            "epoch": epoch,
-            "train_loss": total / max(steps, 1),
-            "val_auc": auc(y_val, p1),
-            "val_auprc": auprc(y_val, p1, positive_label),
-            "lr": float(recipe.optimizer.param_groups[0]["lr"]),
-            "epoch_seconds": time.perf_counter() - t0,
-        }
-        history.append(record)
-        if on_epoch is not None:
-            on_epoch(record)
+        record, s_val = score_epoch(scored, epoch, total / max(steps, 1), t0)
         bar.set_postfix(loss=f"{record['train_loss']:.4f}", val_auc=f"{record['val_auc']:.4f}")
         if not progress and (epoch % max(1, cfg.epochs // 10) == 0 or epoch == cfg.epochs):
             # without a progress bar (CI, nohup) still say where we are, ~10 lines per cell
