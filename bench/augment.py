@@ -1,31 +1,55 @@
-"""Batch augmentation on float tensors, deterministic under a torch.Generator.
+"""Batch augmentation on float tensors, on the batch's device, deterministic under a torch.Generator.
 
 Augmenting whole batches with one ``affine_grid``/``grid_sample`` call costs ~1 ms per
-batch on CPU, versus a per-sample PIL pipeline that would dominate a 28x28 training step.
+batch on CPU, versus a per-sample PIL pipeline that would dominate a 28x28 training step; on
+a GPU the batch never leaves the device (the generator lives there too).
 
 2D: horizontal flip (p=0.5), rotation U(-15, 15) degrees, scale U(0.9, 1.1), translation
 U(-2, 2) pixels. 3D: flips along each axis (p=0.5 each), rotation U(-10, 10) degrees
 about the first (axial) axis, scale U(0.9, 1.1), translation U(-2, 2) voxels. Borders
-are padded by replication so no artificial black frame appears.
+are padded by replication so no artificial black frame appears. Translations are in pixels
+of a 28 px image and scale with the image size.
+
+Suites name an augmentation in ``grid.aug``: ``off`` (false), ``on`` (true) or ``medmnistc``
+(the standard augmentation plus a random MedMNIST-C corruption per image, for
+corruption-aware training; needs the ``shift`` extra). ``AUGMENTATIONS`` is a registry, so a
+plugin can add its own.
 """
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
+from bench.errors import ConfigError
+from bench.registry import Registry
 
-def _uniform(n: int, lo: float, hi: float, g: torch.Generator) -> torch.Tensor:
-    return torch.rand(n, generator=g) * (hi - lo) + lo
+AUGMENTATIONS: Registry = Registry("augmentation")
+
+
+@dataclass(frozen=True)
+class Augmentation:
+    """``batch(x_float, g, is_3d)`` on scaled float batches; ``raw(x_uint8, rng, flag)`` (optional)
+    on the stored uint8 images before scaling, for corruptions defined on pixel values."""
+
+    batch: Callable[[torch.Tensor, torch.Generator, bool], torch.Tensor] | None
+    raw: Callable | None = None
+    description: str = ""
+
+
+def _uniform(n: int, lo: float, hi: float, g: torch.Generator, device) -> torch.Tensor:
+    return torch.rand(n, generator=g, device=device) * (hi - lo) + lo
 
 
 def augment_2d(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-    n = x.shape[0]
-    angle = _uniform(n, -15, 15, g) * math.pi / 180
-    s = _uniform(n, 0.9, 1.1, g)
-    flip = torch.where(torch.rand(n, generator=g) < 0.5, -1.0, 1.0)
-    shift = _uniform(2 * n, -2 / 14, 2 / 14, g).view(n, 2)  # 2 px in [-1, 1] coordinates
+    n, dev = x.shape[0], x.device
+    angle = _uniform(n, -15, 15, g, dev) * math.pi / 180
+    s = _uniform(n, 0.9, 1.1, g, dev)
+    flip = torch.where(torch.rand(n, generator=g, device=dev) < 0.5, -1.0, 1.0)
+    shift = _uniform(2 * n, -2 / 14, 2 / 14, g, dev).view(n, 2)  # 2 px of 28 in [-1, 1] coordinates
     cos, sin = torch.cos(angle) / s, torch.sin(angle) / s
     theta = torch.stack(
         [torch.stack([cos * flip, -sin, shift[:, 0]], 1), torch.stack([sin * flip, cos, shift[:, 1]], 1)], 1
@@ -35,15 +59,15 @@ def augment_2d(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
 
 
 def augment_3d(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-    n = x.shape[0]
+    n, dev = x.shape[0], x.device
     for dim in (2, 3, 4):
-        mask = (torch.rand(n, generator=g) < 0.5).view(n, 1, 1, 1, 1)
+        mask = (torch.rand(n, generator=g, device=dev) < 0.5).view(n, 1, 1, 1, 1)
         x = torch.where(mask, x.flip(dim), x)
-    angle = _uniform(n, -10, 10, g) * math.pi / 180
-    s = _uniform(n, 0.9, 1.1, g)
-    shift = _uniform(3 * n, -2 / 14, 2 / 14, g).view(n, 3)
+    angle = _uniform(n, -10, 10, g, dev) * math.pi / 180
+    s = _uniform(n, 0.9, 1.1, g, dev)
+    shift = _uniform(3 * n, -2 / 14, 2 / 14, g, dev).view(n, 3)
     cos, sin = torch.cos(angle) / s, torch.sin(angle) / s
-    zero, inv = torch.zeros(n), 1 / s
+    zero, inv = torch.zeros(n, device=dev), 1 / s
     # affine_grid's coordinates are (x, y, z) = (W, H, D); rotate in the H-W plane
     theta = torch.stack(
         [
@@ -59,3 +83,29 @@ def augment_3d(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
 
 def augment(x: torch.Tensor, is_3d: bool, g: torch.Generator) -> torch.Tensor:
     return augment_3d(x, g) if is_3d else augment_2d(x, g)
+
+
+def _medmnistc_raw(x_uint8: torch.Tensor, rng, flag: str) -> torch.Tensor:
+    from bench.shift import medmnistc_augment  # optional extra; one-line error when missing
+
+    return medmnistc_augment(flag, x_uint8, rng)
+
+
+AUGMENTATIONS.register("off")(Augmentation(None, None, "no augmentation"))
+AUGMENTATIONS.register("on")(Augmentation(lambda x, g, is_3d: augment(x, is_3d, g), None,
+                                          "flips and small affine transforms (see module doc)"))
+AUGMENTATIONS.register("medmnistc")(Augmentation(
+    lambda x, g, is_3d: augment(x, is_3d, g), _medmnistc_raw,
+    "`on` plus a random MedMNIST-C corruption per image (2D; needs pip install -e '.[shift]')"))
+
+
+def aug_name(value, where: str = "") -> str:
+    """A ``grid.aug`` value -> registry name: ``false``/``true`` stay the YAML spelling of off/on."""
+    if value is True:
+        return "on"
+    if value is False:
+        return "off"
+    if not isinstance(value, str):
+        raise ConfigError(f"{where}: aug values are true, false or a name ({', '.join(AUGMENTATIONS.names())}), got {value!r}")
+    AUGMENTATIONS.get(value, where=where)
+    return value

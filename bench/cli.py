@@ -73,6 +73,14 @@ def _progress(value):
     return sys.stderr.isatty() if value is None else value
 
 
+def contradiction(condition: bool, message: str) -> None:
+    """Options that contradict each other are an error, never silently resolved one way."""
+    if condition:
+        from bench.errors import ConfigError
+
+        raise ConfigError(message)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--debug", is_flag=True, help="debug logging and full tracebacks")
 def main(debug: bool) -> None:
@@ -108,6 +116,12 @@ def _terminate(signum, frame):
 def cell(dataset, objective, model, aug, aug_value, seed, protocol, fold, epochs, batch_size, precision, experiment,
          data_dir, allow_unverified_data, progress):
     """Train and evaluate one cell as one MLflow run."""
+    src = click.get_current_context().get_parameter_source
+    contradiction(aug_value is not None and src("aug").name == "COMMANDLINE",
+                  "--aug/--no-aug and --aug-value both given; use one of them")
+    contradiction(protocol == "official" and fold is not None,
+                  f"--fold {fold} contradicts --protocol official (the official split has no folds); "
+                  f"use --protocol cv5 --fold {fold}, or drop --fold")
     if aug_value is not None:
         aug = aug_value
     from bench.config import base_config, deep_merge, expand, suites_dir, validate
@@ -170,6 +184,8 @@ def suite(name, rerun, only, max_cells, dry_run, experiment, no_leaderboard, dat
     """Run the declared suite NAME (suites/NAME.yaml), resuming where it stopped."""
     from bench.driver import run_suite
 
+    contradiction(dry_run and rerun, "--dry-run and --rerun contradict each other: a dry run trains nothing")
+
     out = run_suite(name, rerun=rerun, only=only, max_cells=max_cells, dry=dry_run, data_root=data_dir,
                     allow_unverified=allow_unverified_data, experiment=experiment, progress=_progress(progress),
                     leaderboard=not no_leaderboard)
@@ -189,15 +205,18 @@ def list_() -> None:
     from tabulate import tabulate
 
     from bench.config import available_suites
-    from bench.data import DATASETS, get_spec
+    from bench.datasets import get_spec, names
     from bench.models import MODELS, model_info
     from bench.objectives import OBJECTIVES
+    from bench.plugins import load_entry_points
 
+    load_entry_points()
     rows = []
-    for flag in DATASETS:
+    for flag in names():
         s = get_spec(flag)
-        rows.append([flag, s.task, s.n_labels, "3D" if s.is_3d else "2D", "/".join(str(s.n_samples[k]) for k in ("train", "val", "test"))])
-    click.echo(tabulate(rows, ["dataset", "task", "labels", "dims", "train/val/test"]) + "\n")
+        rows.append([flag, s.task, s.n_labels, f"{s.dims}D", "/".join(str(s.n_samples[k]) for k in ("train", "val", "test")),
+                     s.positive_name, ",".join(map(str, s.sizes))])
+    click.echo(tabulate(rows, ["dataset", "task", "labels", "dims", "train/val/test", "positive class", "sizes"]) + "\n")
     rows = [[m, f"{model_info(m).dims}D", "yes" if model_info(m).paper_faithful else "no", model_info(m).description] for m in MODELS]
     click.echo(tabulate(rows, ["model", "dims", "paper", "description"]) + "\n")
     rows = []
@@ -217,6 +236,8 @@ def list_() -> None:
 @user_errors
 def leaderboard(suite_name, out_dir, from_csv, experiment):
     """Aggregate a suite's runs into leaderboard/<suite>.md (+ CSVs and charts)."""
+    contradiction(bool(from_csv and experiment), "--from-csv and --experiment contradict each other: "
+                  "a CSV export is not read from an MLflow experiment")
     from bench.config import available_suites, load_suite
     from leaderboard.build import build_leaderboard
 

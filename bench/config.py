@@ -25,7 +25,9 @@ from pathlib import Path
 import yaml
 
 from bench import __version__
-from bench.data import DATASETS, N_FOLDS, PROTOCOLS
+from bench import datasets as DS
+from bench.augment import AUGMENTATIONS, aug_name
+from bench.data import N_FOLDS, PROTOCOLS
 from bench.errors import ConfigError
 from bench.models import MODELS, model_info
 from bench.objectives import OBJECTIVES
@@ -54,6 +56,8 @@ class TrainConfig:
     split_seed: int  # cv5 fold assignment; independent of the training seed
     voxel_scale: bool  # 3D shape masks: MedMNIST's x*U(0,1) in training, x*0.5 at eval
     ema: float  # EMA decay of weights evaluated/selected instead of the raw ones; 0 = off
+    swa: float  # SWA: average the weights of the last `swa` share of epochs (0 = off; bench.train)
+    tta: str  # test-time augmentation, applied identically to validation and test (bench.evaluate)
 
 
 @dataclass(frozen=True)
@@ -65,13 +69,14 @@ class Cell:
     objective: str  # the objective family in ``bench.objectives``
     params: tuple  # sorted (name, value) pairs of the objective hyperparameters
     model: str
-    aug: bool
+    aug: str  # a name in bench.augment.AUGMENTATIONS: off | on | medmnistc
     seed: int
     protocol: str
     fold: int | None
     train: TrainConfig
     init_from: str | None = None  # recipe whose finished cell initializes this one
     data_fingerprint: str = ""  # md5 of the data file (expected md5 when absent)
+    size: int = DS.DEFAULT_SIZE  # image size in px (MedMNIST+ ships 28, 64, 128, 224)
 
     @property
     def params_dict(self) -> dict:
@@ -101,18 +106,22 @@ class Cell:
     @property
     def run_name(self) -> str:
         fold = f"f{self.fold}" if self.fold is not None else ""
-        return f"{self.dataset}-{self.recipe}-{'aug' if self.aug else 'noaug'}-s{self.seed}-{self.protocol}{fold}"
+        size = "" if self.size == DS.DEFAULT_SIZE else f"-{self.size}px"
+        return f"{self.dataset}{size}-{self.recipe}-{AUG_TAG.get(self.aug, self.aug)}-s{self.seed}-{self.protocol}{fold}"
 
     def flat_params(self) -> dict:
         """MLflow params: flat names, strings."""
         out = {
             "dataset": self.dataset, "recipe": self.recipe, "objective": self.objective, "model": self.model,
-            "aug": self.aug, "seed": self.seed, "protocol": self.protocol,
+            "aug": self.aug, "size": self.size, "seed": self.seed, "protocol": self.protocol,
             "fold": "" if self.fold is None else self.fold, "init_from": self.init_from or "",
         }
         out.update({k: v for k, v in dataclasses.asdict(self.train).items()})
         out.update({f"{self.objective}.{k}": v for k, v in self.params})
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in out.items()}
+
+
+AUG_TAG = {"off": "noaug", "on": "aug", "medmnistc": "medmnistc"}
 
 
 def digest(obj) -> str:
@@ -213,6 +222,9 @@ def suite_path(name: str) -> Path:
 def load_suite(name: str) -> Suite:
     path = suite_path(name)
     doc = load_merged(path)
+    from bench.plugins import load_plugins  # before validation: plugins add names to the registries
+
+    load_plugins(doc.get("plugins") or [], path)
     validate(doc, path)
     suite_name = doc.get("suite") or path.stem
     cells = expand(doc, path, lambda flag: "")  # validates names and the grid now, not mid-run
@@ -257,15 +269,22 @@ SCHEMA: dict = {
     "runtime": str,
     "reuse": list,
     "ensembles": bool,  # also log a seed ensemble per official-split group (bench.ensemble)
+    "plugins": list,  # modules or .py files that register objectives/models/datasets (bench.plugins)
+    "size": int,  # image size in px for every dataset (default 28; MedMNIST+ has 64/128/224)
+    "shift": bool,  # score each cell's selected model on corrupted test sets (bench.shift)
     "grid": {"dataset": list, "objective": list, "aug": list, "seed": list, "protocol": list},
     "grids": ANY,  # a list of partial grids, checked in expand
     "train": {f.name: f.type for f in dataclasses.fields(TrainConfig)},
-    "models": {"2d": str, "3d": str},
+    "finetune": {f.name: f.type for f in dataclasses.fields(TrainConfig)},  # train overrides of init_from recipes
+    "models": {"2d": str, "3d": str, "2d_large": str},
     "objectives": ANY,  # validated per objective against its Params
     "recipes": ANY,  # validated in resolve_recipe
     "datasets": ANY,  # validated per dataset below
+    "analysis": ANY,  # leaderboard: controls and endpoints (leaderboard.analysis)
+    "resources": ANY,  # executor resources per cell (bench.executors)
 }
-DATASET_SCHEMA = {"model": str, "train": SCHEMA["train"], "objectives": ANY, "recipes": ANY}
+DATASET_SCHEMA = {"model": str, "size": int, "train": SCHEMA["train"], "finetune": SCHEMA["finetune"],
+                  "objectives": ANY, "recipes": ANY}
 TYPES = {"int": int, "float": (int, float), "str": str, "bool": bool}
 
 
@@ -295,19 +314,23 @@ def _check(doc: dict, schema: dict, path: Path, prefix: str) -> None:
 def validate(doc: dict, path: Path) -> None:
     _check(doc, SCHEMA, path, "")
     for flag, over in (doc.get("datasets") or {}).items():
-        if flag not in DATASETS:
-            raise unknown("dataset", flag, DATASETS, where=f"{path}: datasets")
+        if flag not in DS.DATASETS:
+            raise unknown("dataset", flag, DS.names(), where=f"{path}: datasets")
         _check(over, DATASET_SCHEMA, path, f"datasets.{flag}.")
         if "model" in over:
             MODELS.get(over["model"], where=f"{path}: datasets.{flag}.model")
     for name in (doc.get("objectives") or {}):
         OBJECTIVES.get(name, where=f"{path}: objectives")
-    for dim in ("2d", "3d"):
-        if dim in (doc.get("models") or {}):
-            MODELS.get(doc["models"][dim], where=f"{path}: models.{dim}")
-    train = doc.get("train", {})
-    if "precision" in train and train["precision"] not in PRECISIONS:
-        raise unknown("precision", train["precision"], PRECISIONS, where=f"{path}: train.precision")
+    for dim, name in (doc.get("models") or {}).items():
+        MODELS.get(name, where=f"{path}: models.{dim}")
+    for key in ("train", "finetune"):
+        train = doc.get(key) or {}
+        if "precision" in train and train["precision"] not in PRECISIONS:
+            raise unknown("precision", train["precision"], PRECISIONS, where=f"{path}: {key}.precision")
+        if "tta" in train:
+            from bench.evaluate import TTA
+
+            TTA.get(train["tta"], where=f"{path}: {key}.tta")
 
 
 # --------------------------------------------------------------------------- resolution
@@ -330,8 +353,8 @@ def resolve_recipe(doc: dict, name: str, dataset: str, path: Path) -> ResolvedRe
                 raise ConfigError(f"{path}: datasets.{dataset}.recipes.{name} must be a mapping")
             spec = {**spec, **over, **{k: {**(spec.get(k) or {}), **(over.get(k) or {})}
                                        for k in ("params", "train") if k in over}}
-        _check(spec, {"objective": str, "init_from": str, "params": dict, "train": SCHEMA["train"], "description": str},
-               path, f"recipes.{name}.")
+        _check(spec, {"objective": str, "init_from": str, "params": dict, "train": SCHEMA["train"], "description": str,
+                      "family": str}, path, f"recipes.{name}.")
         if "objective" not in spec:
             raise ConfigError(f"{path}: recipes.{name} needs 'objective' (one of {', '.join(OBJECTIVES.names())})")
         family, over, init_from = spec["objective"], spec.get("params", {}) or {}, spec.get("init_from")
@@ -352,10 +375,18 @@ def resolve_recipe(doc: dict, name: str, dataset: str, path: Path) -> ResolvedRe
     return ResolvedRecipe(name, family, tuple(sorted(dataclasses.asdict(params).items())), init_from, train)
 
 
-def resolve_train(doc: dict, dataset: str, path: Path, recipe_train: tuple = ()) -> TrainConfig:
-    """train <- datasets.<flag>.train <- recipes.<name>.train (later wins)."""
+def resolve_train(doc: dict, dataset: str, path: Path, recipe_train: tuple = (), finetune: bool = False) -> TrainConfig:
+    """train <- datasets.<flag>.train [<- finetune <- datasets.<flag>.finetune] <- recipes.<name>.train.
+
+    ``finetune`` settings apply to every ``init_from`` recipe alike, so the fine-tuning arms of a
+    comparison (e.g. ``ce_ft`` and ``aucm_ft``) get the same budget by construction.
+    """
+    per_dataset = (doc.get("datasets") or {}).get(dataset, {})
     values = dict(doc.get("train") or {})
-    values.update((doc.get("datasets") or {}).get(dataset, {}).get("train") or {})
+    values.update(per_dataset.get("train") or {})
+    if finetune:
+        values.update(doc.get("finetune") or {})
+        values.update(per_dataset.get("finetune") or {})
     values.update(dict(recipe_train))
     missing = [f.name for f in dataclasses.fields(TrainConfig) if f.name not in values]
     if missing:
@@ -365,14 +396,29 @@ def resolve_train(doc: dict, dataset: str, path: Path, recipe_train: tuple = ())
         raise ConfigError(f"{path}: train.epochs must be >= 1 and train.batch_size >= 2 (got {cfg.epochs}, {cfg.batch_size})")
     if not 0.0 <= cfg.ema < 1.0:
         raise ConfigError(f"{path}: train.ema must be in [0, 1), got {cfg.ema}")
+    if not 0.0 <= cfg.swa < 1.0:
+        raise ConfigError(f"{path}: train.swa must be in [0, 1) (the share of final epochs to average), got {cfg.swa}")
+    if cfg.swa and cfg.ema:
+        raise ConfigError(f"{path}: train.swa and train.ema both average weights; set one of them to 0")
     return cfg
 
 
-def resolve_model(doc: dict, dataset: str, path: Path) -> str:
+def resolve_size(doc: dict, dataset: str, path: Path) -> int:
+    size = ((doc.get("datasets") or {}).get(dataset, {})).get("size", doc.get("size", DS.DEFAULT_SIZE))
+    sizes = DS.DATASETS.get(dataset).sizes
+    if size not in sizes:
+        raise ConfigError(f"{path}: {dataset} has no {size} px files; choose size from {', '.join(map(str, sizes))}")
+    return size
+
+
+def resolve_model(doc: dict, dataset: str, path: Path, size: int = DS.DEFAULT_SIZE) -> str:
+    """datasets.<flag>.model, else models.3d for 3D, models.2d at 28 px and models.2d_large above
+    (the ImageNet-style ResNet the paper uses for larger inputs)."""
     over = (doc.get("datasets") or {}).get(dataset, {})
     if "model" in over:
         return over["model"]
-    key = "3d" if dataset.endswith("3d") else "2d"
+    dims = DS.dims_of(dataset)
+    key = "3d" if dims == 3 else ("2d" if size == DS.DEFAULT_SIZE else "2d_large")
     name = (doc.get("models") or {}).get(key)
     if not name:
         raise ConfigError(f"{path}: no model for {dataset}; set models.{key} in suites/_base.yaml")
@@ -411,17 +457,16 @@ def expand(doc: dict, path: Path, data_fingerprint) -> list[Cell]:
 
 def _expand_grid(doc: dict, path: Path, data_fingerprint) -> list[Cell]:
 
-    def is_bool(v):
-        if not isinstance(v, bool):
-            raise ConfigError(f"{path}: grid.aug values must be true/false, got {v!r}")
+    def is_aug(v):
+        aug_name(v, where=f"{path}: grid.aug")
 
     def is_seed(v):
         if isinstance(v, bool) or not isinstance(v, int) or v < 0:
             raise ConfigError(f"{path}: grid.seed values must be integers >= 0, got {v!r}")
 
     def is_dataset(v):
-        if v not in DATASETS:
-            raise unknown("dataset", v, DATASETS, where=f"{path}: grid.dataset")
+        if v not in DS.DATASETS:
+            raise unknown("dataset", v, DS.names(), where=f"{path}: grid.dataset")
 
     def is_protocol(v):
         if v not in PROTOCOLS:
@@ -429,22 +474,29 @@ def _expand_grid(doc: dict, path: Path, data_fingerprint) -> list[Cell]:
 
     datasets = _axis(doc, "dataset", path, is_dataset)
     recipes = _axis(doc, "objective", path, lambda v: None)
-    augs = _axis(doc, "aug", path, is_bool)
+    augs = list(dict.fromkeys(aug_name(a) for a in _axis(doc, "aug", path, is_aug)))
     seeds = _axis(doc, "seed", path, is_seed)
     protocols = _axis(doc, "protocol", path, is_protocol)
     folds = [(p, None) if p == "official" else (p, k) for p in protocols for k in (range(N_FOLDS) if p == "cv5" else [None])]
     cells = []
     for ds in datasets:
-        model = resolve_model(doc, ds, path)
-        if model_info(model).dims != (3 if ds.endswith("3d") else 2):
-            raise ConfigError(f"{path}: model '{model}' is {model_info(model).dims}D but {ds} needs a {'3D' if ds.endswith('3d') else '2D'} model")
-        fp = data_fingerprint(ds)
-        resolved = [(rec, resolve_train(doc, ds, path, rec.train)) for rec in (resolve_recipe(doc, r, ds, path) for r in recipes)]
+        size = resolve_size(doc, ds, path)
+        model = resolve_model(doc, ds, path, size)
+        dims = DS.dims_of(ds)
+        if model_info(model).dims != dims:
+            raise ConfigError(f"{path}: model '{model}' is {model_info(model).dims}D but {ds} needs a {dims}D model")
+        fp = _fingerprint(data_fingerprint, ds, size)
+        resolved = [(rec, resolve_train(doc, ds, path, rec.train, rec.init_from is not None))
+                    for rec in (resolve_recipe(doc, r, ds, path) for r in recipes)]
         for (rec, train), aug, seed, (proto, fold) in itertools.product(resolved, augs, seeds, folds):
-            cells.append(
-                Cell(ds, rec.name, rec.objective, rec.params, model, aug, seed, proto, fold, train, rec.init_from, fp)
-            )
+            cells.append(Cell(ds, rec.name, rec.objective, rec.params, model, aug, seed, proto, fold, train,
+                              rec.init_from, fp, size))
     return cells
+
+
+def _fingerprint(data_fingerprint, flag: str, size: int) -> str:
+    """``data_fingerprint(flag)`` for 28 px (the common case), ``(flag, size)`` otherwise."""
+    return data_fingerprint(flag) if size == DS.DEFAULT_SIZE else data_fingerprint(flag, size)
 
 
 def source_cell(doc: dict, path: Path, cell: Cell) -> Cell:
@@ -452,4 +504,5 @@ def source_cell(doc: dict, path: Path, cell: Cell) -> Cell:
     dataset, model, aug, seed, protocol and fold, with *its own* train settings."""
     rec = resolve_recipe(doc, cell.init_from, cell.dataset, path)
     return dataclasses.replace(cell, recipe=rec.name, objective=rec.objective, params=rec.params,
-                               init_from=rec.init_from, train=resolve_train(doc, cell.dataset, path, rec.train))
+                               init_from=rec.init_from,
+                               train=resolve_train(doc, cell.dataset, path, rec.train, rec.init_from is not None))

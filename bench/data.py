@@ -1,18 +1,19 @@
 """MedMNIST data: locate, verify, load whole splits into memory, build protocols.
 
 Why not ``medmnist.BreastMNIST(...)``? Its dataset classes assert the official sample
-counts and return one PIL image at a time. We read ``<flag>.npz`` ourselves, keep every
-split as a uint8 tensor (a 3D set at size 28 is a few MB) and form batches by indexing,
-which is ~10x faster than a per-sample pipeline on 2 CPU cores.
+counts and return one PIL image at a time. We read ``<flag>.npz`` (``<flag>_<size>.npz`` for
+MedMNIST+ sizes) ourselves, keep every split as a uint8 tensor (a 3D set at size 28 is a few
+MB) and form batches by indexing, which is ~10x faster than a per-sample pipeline on 2 CPU
+cores -- and on a GPU the uint8 splits move to the device once (``Split.to``).
 
-Positive class. AUC and ACC are computed exactly as ``medmnist.Evaluator`` does (score
-of label 1), and neither depends on which class we call "positive". AUPRC, F1, partial
-AUC and the samplers' sampling rates *do*. We therefore define, per binary dataset,
-``positive_label`` = the **minority class of the official training split** (label 0 for
-Breast, Pneumonia and Synapse, where label 1 is the majority; label 1 elsewhere). Models
-score that class; AUPRC/F1 are reported for it; scores are mapped back to P(label 1)
-for AUC/ACC and for the medmnist-format prediction files. Multi-label ChestMNIST keeps
-label 1 (a finding) as positive for every label.
+Two labels matter for a binary dataset, and they differ on PneumoniaMNIST:
+* ``positive_label``: the **clinically positive class** declared in ``bench/datasets.yaml``
+  (malignant, pneumonia, ...). AUPRC, F1 and partial AUC are reported for it.
+* ``sampler_label``: the **minority class of the training split**. The model scores this
+  class and LibAUC's samplers oversample it, because that is what DualSampler and the DAM
+  losses are designed for. Scores are mapped to P(label 1) for AUC/ACC (which depend on
+  neither label) and for the medmnist-format prediction files.
+Multi-label ChestMNIST uses label 1 (a finding) for both, on every label.
 """
 from __future__ import annotations
 
@@ -27,80 +28,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bench.datasets import DEFAULT_SIZE, MINORITY, DatasetSpec, get_spec, names
 from bench.errors import DataError
 from bench.registry import unknown
 
 log = logging.getLogger(__name__)
 
-DATASETS = (
-    "breastmnist",
-    "pneumoniamnist",
-    "chestmnist",
-    "nodulemnist3d",
-    "adrenalmnist3d",
-    "vesselmnist3d",
-    "synapsemnist3d",
-)
 SPLITS = ("train", "val", "test")
-# Datasets whose volumes are binary shape masks: MedMNIST's experiments optionally
-# multiply voxels by U(0,1) when training on them ("shape transform").
-SHAPE_MASK = frozenset({"adrenalmnist3d", "vesselmnist3d"})
 # Fixed, independent of the training seed, so that fold k is the same for every seed.
 DEFAULT_SPLIT_SEED = 20230141
 ALLOW_UNVERIFIED_ENV = "BENCH_ALLOW_UNVERIFIED_DATA"
-
-
-@dataclass(frozen=True)
-class DatasetSpec:
-    """What we need to know about a MedMNIST flag, read from ``medmnist.INFO``."""
-
-    flag: str
-    task: str  # "binary" or "multilabel"
-    n_labels: int  # logits the model outputs: 1 for binary, 14 for ChestMNIST
-    n_channels: int
-    is_3d: bool
-    md5: str
-    url: str
-    n_samples: dict
-    label_names: tuple
-
-    @property
-    def shape_mask(self) -> bool:
-        return self.flag in SHAPE_MASK
-
-    @property
-    def image_shape(self) -> tuple:
-        """Shape of one image as stored in the npz (without the sample axis)."""
-        if self.is_3d:
-            return (28, 28, 28)
-        return (28, 28) if self.n_channels == 1 else (28, 28, self.n_channels)
-
-
-def get_spec(flag: str) -> DatasetSpec:
-    """The :class:`DatasetSpec` of a supported flag; unknown flags get a did-you-mean."""
-    import medmnist  # heavy-ish import, only when data is touched
-
-    if flag not in DATASETS:
-        raise unknown("dataset", flag, DATASETS)
-    info = medmnist.INFO[flag]
-    task = info["task"]
-    if task == "binary-class":
-        kind, n_labels = "binary", 1
-    elif task.startswith("multi-label"):
-        kind, n_labels = "multilabel", len(info["label"])
-    else:  # pragma: no cover - the seven flags above are binary or multi-label
-        raise DataError(f"{flag}: task '{task}' is not supported (binary or multi-label only)")
-    return DatasetSpec(
-        flag=flag,
-        task=kind,
-        n_labels=n_labels,
-        n_channels=int(info["n_channels"]),
-        is_3d=flag.endswith("3d"),
-        md5=info["MD5"],
-        url=info["url"],
-        n_samples=dict(info["n_samples"]),
-        label_names=tuple(info["label"][k] for k in sorted(info["label"], key=int)),
-    )
+__all__ = ["DatasetSpec", "get_spec", "names", "load", "make_protocol"]
 
 
 def data_dir(explicit: str | os.PathLike | None = None) -> Path:
@@ -118,17 +56,19 @@ def allow_unverified_default() -> bool:
 
 
 def locate(spec: DatasetSpec, root: Path, download: bool = True) -> Path:
-    """Path of ``<flag>.npz`` in ``root``; try medmnist's download when it is missing."""
-    path = root / f"{spec.flag}.npz"
+    """Path of the data file in ``root``; try medmnist's download when it is missing."""
+    path = root / spec.file_name
     if path.is_file():
         return path
     reason = "download disabled"
-    if download:
+    if download and not spec.url:
+        reason = "no download URL is registered for it"
+    elif download:
         try:
             from torchvision.datasets.utils import download_url  # what medmnist itself uses
 
             root.mkdir(parents=True, exist_ok=True)
-            log.info("%s.npz not in %s: downloading from %s", spec.flag, root, spec.url)
+            log.info("%s not in %s: downloading from %s", path.name, root, spec.url)
             download_url(spec.url, root=str(root), filename=path.name, md5=spec.md5)
             if path.is_file():
                 return path
@@ -178,8 +118,9 @@ def verify(spec: DatasetSpec, path: Path, allow_unverified: bool) -> tuple[str, 
     actual = file_md5(path)
     if actual == spec.md5:
         return actual, True
+    official = f"the official {spec.md5}" if spec.md5 else "no official MD5 (none is registered)"
     msg = (
-        f"{path}: MD5 {actual} does not match the official {spec.md5} for {spec.flag}; "
+        f"{path}: MD5 {actual} does not match {official} for {spec.flag} at {spec.size} px; "
         f"use the official file, or opt in with --allow-unverified-data / {ALLOW_UNVERIFIED_ENV}=1"
     )
     if not allow_unverified:
@@ -198,6 +139,12 @@ class Split:
     def __len__(self) -> int:
         return int(self.x.shape[0])
 
+    def to(self, device: torch.device) -> "Split":
+        """The same split on ``device``: uint8 stays uint8, so a 2D set is tens of MB on a GPU."""
+        if self.x.device == torch.device(device):
+            return self
+        return Split(self.x.to(device), self.y.to(device))
+
 
 @dataclass(frozen=True)
 class MedData:
@@ -210,13 +157,21 @@ class MedData:
     splits: dict = field(repr=False)  # name -> Split
 
     @property
-    def positive_label(self) -> int:
-        """Binary: the minority class of the official train split (see module doc)."""
+    def sampler_label(self) -> int:
+        """Binary: the minority class of the official train split -- what the model scores and
+        the samplers oversample (see module doc). Multi-label: 1."""
         if self.spec.task != "binary":
             return 1
         y = self.splits["train"].y[:, 0]
         n1 = int(y.sum())
         return 1 if n1 <= len(y) - n1 else 0
+
+    @property
+    def positive_label(self) -> int:
+        """The clinically positive class (``bench/datasets.yaml``): AUPRC, F1 and pAUC use it."""
+        if self.spec.task != "binary":
+            return 1
+        return self.sampler_label if self.spec.positive == MINORITY else int(self.spec.positive)
 
 
 def _read_npz(spec: DatasetSpec, path: Path) -> dict:
@@ -245,7 +200,7 @@ def _check_split(spec: DatasetSpec, path: Path, name: str, images: np.ndarray, l
     if images.shape[1:] != spec.image_shape:
         raise DataError(
             f"{where}_images has shape {images.shape}, expected (N, {', '.join(map(str, spec.image_shape))})"
-            f" for {spec.flag} at size 28"
+            f" for {spec.flag} at size {spec.size}"
         )
     if labels.ndim != 2 or labels.shape[1] != spec.n_labels:
         raise DataError(f"{where}_labels has shape {labels.shape}, expected (N, {spec.n_labels})")
@@ -266,11 +221,12 @@ def load(
     flag: str,
     root: str | os.PathLike | None = None,
     *,
+    size: int = DEFAULT_SIZE,
     allow_unverified: bool | None = None,
     download: bool = True,
 ) -> MedData:
-    """Locate, verify and load ``flag`` into memory; every failure is one :class:`DataError` line."""
-    spec = get_spec(flag)
+    """Locate, verify and load ``flag`` at ``size`` into memory; every failure is one :class:`DataError` line."""
+    spec = get_spec(flag, size)
     folder = data_dir(root)
     path = locate(spec, folder, download=download)
     if allow_unverified is None:

@@ -13,9 +13,9 @@ from bench import data as D
 def _data_rows(root) -> list[list[str]]:
     folder = D.data_dir(root)
     rows = []
-    for flag in D.DATASETS:
+    for flag in D.names():
         spec = D.get_spec(flag)
-        path = folder / f"{flag}.npz"
+        path = folder / spec.file_name
         if not path.is_file():
             rows.append([f"data {flag}", "missing", f"not in {folder}; medmnist downloads it where a network exists"])
             continue
@@ -71,7 +71,7 @@ def _hardware_row() -> list[str]:
 
 def run_doctor(root=None) -> tuple[str, bool]:
     rows = _data_rows(root) + [_tracking_row(), _artifact_row(), _hardware_row()]
-    ok = all(r[1] != "FAIL" for r in rows) and any(r[1] in ("ok", "UNVERIFIED") for r in rows[: len(D.DATASETS)])
+    ok = all(r[1] != "FAIL" for r in rows) and any(r[1] in ("ok", "UNVERIFIED") for r in rows[: len(D.names())])
     text = tabulate(rows, ["check", "status", "detail"], tablefmt="simple")
     verdict = "ready" if ok else "NOT ready: fix the FAIL rows (or provide at least one data file)"
     return f"{text}\n\n{verdict}", ok

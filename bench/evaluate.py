@@ -4,8 +4,10 @@ Definitions (all maths by scikit-learn):
 * ``auc``, ``acc``: exactly ``medmnist.Evaluator``'s -- scores are P(label 1); binary AUC
   uses that column, multi-label AUC/ACC are macro means over labels; ACC thresholds the
   probability at 0.5. Both are invariant to which class is called positive.
-* ``auprc`` (average precision) and ``f1``: for the *positive class* (binary: the minority
-  class of the training split, ``positive_label``; multi-label: label 1, macro-averaged).
+* ``auprc`` (average precision) and ``f1``: for the *clinically positive class*
+  (``positive_label``, declared per dataset in ``bench/datasets.yaml``; multi-label: label 1,
+  macro-averaged). Models score the sampler class (``bench.data``); ``to_label1`` maps scores
+  to P(label 1) first, so no metric depends on which class the model happened to score.
 * ``acc_tuned`` / ``f1_tuned``: the same at a threshold chosen **on validation only** --
   the threshold on P(label 1) that maximizes validation accuracy (resp. validation F1);
   candidates are midpoints between consecutive distinct validation scores (plus 0.5);
@@ -20,8 +22,16 @@ import torch
 from sklearn.metrics import accuracy_score, average_precision_score, f1_score, roc_auc_score
 
 from bench.data import Split, scale
+from bench.registry import Registry
 
 METRICS = ("auc", "auprc", "f1", "acc", "acc_tuned", "f1_tuned")
+
+# Test-time augmentation: the views whose sigmoid scores are averaged. A cell declares it in its
+# train settings (``train.tta``) before anything is scored, and the same views score validation
+# (selection, thresholds) and test. Flips only: they are exact on the pixel grid.
+TTA: Registry = Registry("test-time augmentation")
+TTA.register("none")(lambda is_3d: (() ,))
+TTA.register("flip")(lambda is_3d: ((), (4,), (3,), (2,)) if is_3d else ((), (3,)))
 
 
 def autocast(device: torch.device, bf16: bool):
@@ -31,21 +41,26 @@ def autocast(device: torch.device, bf16: bool):
 
 
 @torch.no_grad()
-def predict(model, split: Split, is_3d: bool, batch_size: int, device, bf16: bool, x_scale: float = 1.0) -> np.ndarray:
-    """Sigmoid scores of the model's positive class, shape (N, L), float64."""
+def predict(model, split: Split, is_3d: bool, batch_size: int, device, bf16: bool, x_scale: float = 1.0,
+            tta: str = "none") -> np.ndarray:
+    """Sigmoid scores of the class the model scores, shape (N, L), float64; with ``tta`` the mean
+    over the flipped views. One host transfer at the end, whatever the number of batches."""
     model.eval()
+    views = TTA.get(tta)(is_3d)
     out = []
     for i in range(0, len(split), batch_size):
-        x = scale(split.x[i : i + batch_size], is_3d)
+        x = scale(split.x[i : i + batch_size].to(device, non_blocking=True), is_3d)
         if x_scale != 1.0:
             x = x * x_scale
-        x = x.to(device, non_blocking=True)
         if bf16:
             x = x.contiguous(memory_format=torch.channels_last if x.ndim == 4 else torch.channels_last_3d)
-        with autocast(device, bf16):
-            logits = model(x)
-        out.append(torch.sigmoid(logits.float()).cpu())
-    return torch.cat(out).double().numpy()
+        s = 0.0
+        for dims in views:
+            with autocast(device, bf16):
+                logits = model(x.flip(dims) if dims else x)
+            s = s + torch.sigmoid(logits.float())
+        out.append(s / len(views))
+    return torch.cat(out).double().cpu().numpy()
 
 
 def to_label1(scores: np.ndarray, positive_label: int) -> np.ndarray:

@@ -9,7 +9,17 @@ Light 3D variants exist because the paper model trains at ~3.5 volumes/s on 2 CP
 cores. ``resnet18_3d_s2`` uses a stride-2 stem: every feature map has 8x fewer voxels,
 so it is several times faster, with the same depth and parameter count. ``resnet18_3d_tiny``
 also halves the width (4x fewer weights). Neither is the paper's model: leaderboard rows
-compare them with the paper only with that caveat.
+compare them with the paper only with that caveat (``paper`` names the paper model a light
+variant stands in for).
+
+The paper's other 3D rows convert the 2D ResNet-18 with the official converters of the
+``acsconv`` package, exactly as MedMNIST's experiments do (``MedMNIST3D/train_and_eval_pytorch.py``):
+``ACSConverter`` (axial-coronal-sagittal convolutions: each 2D kernel is applied in the three
+planes to a third of the channels) and ``Conv2_5dConverter`` (2D kernels applied slice by
+slice). ``resnet18_3d`` is the same network as ``Conv3dConverter`` over the 2D ResNet-18,
+built natively (a test checks the equivalence). For inputs larger than 28 px (MedMNIST+),
+``resnet18`` is torchvision's ImageNet-style ResNet-18 (7x7/2 stem and max-pool), the paper's
+"ResNet-18 (224)".
 """
 from __future__ import annotations
 
@@ -28,6 +38,7 @@ class ModelInfo:
     dims: int  # 2 or 3
     paper_faithful: bool  # the paper's architecture (like-for-like comparisons allowed)
     description: str
+    paper: str = ""  # the paper model this is (faithful) or stands in for (light variants)
 
 
 class BasicBlock(nn.Module):
@@ -53,9 +64,10 @@ class BasicBlock(nn.Module):
 class ResNet(nn.Module):
     """ResNet-18 (BasicBlock, [2, 2, 2, 2]) in 2D or 3D with a configurable stem and width."""
 
-    def __init__(self, dims: int, in_channels: int, num_outputs: int, stem_stride: int = 1, width: int = 64):
+    def __init__(self, dims: int, in_channels: int, num_outputs: int, stem_stride: int = 1, width: int = 64,
+                 conv=None):
         super().__init__()
-        conv = nn.Conv2d if dims == 2 else nn.Conv3d
+        conv = conv or (nn.Conv2d if dims == 2 else nn.Conv3d)
         norm = nn.BatchNorm2d if dims == 2 else nn.BatchNorm3d
         self.stem = nn.Sequential(
             conv(in_channels, width, 3, stem_stride, 1, bias=False), norm(width), nn.ReLU(inplace=True)
@@ -74,18 +86,62 @@ class ResNet(nn.Module):
         return self.fc(torch.flatten(x, 1))
 
 
-def _register(name: str, dims: int, paper: bool, description: str, **kwargs):
+def register_model(name: str, dims: int, paper_faithful: bool, description: str, paper: str = ""):
+    """Decorator for ``build(in_channels, num_outputs) -> nn.Module`` (built-ins and plugins alike)."""
+
+    def deco(build):
+        build.__doc__ = build.__doc__ or description
+        MODELS.register(name, info=ModelInfo(dims, paper_faithful, description, paper))(build)
+        return build
+
+    return deco
+
+
+def _resnet(name: str, dims: int, faithful: bool, description: str, paper: str, **kwargs):
+    register_model(name, dims, faithful, description, paper)(
+        lambda in_channels, num_outputs: ResNet(dims, in_channels, num_outputs, **kwargs))
+
+
+def _converted(name: str, operator: str, faithful: bool, description: str, paper: str, **kwargs):
+    """The 2D ResNet-18 with its Conv2d replaced by one of acsconv's operators (``ACSConv``,
+    ``Conv2_5d``) and 3D norms and pooling -- what acsconv's converters produce. We build it
+    directly because the converters' norm/pool conversion breaks on torch 2.14 (they pass a
+    BatchNorm's ``bias`` tensor as a constructor argument); the convolutions, which are what
+    makes ACS and 2.5D what they are, are acsconv's own."""
+
     def build(in_channels: int, num_outputs: int) -> nn.Module:
-        return ResNet(dims, in_channels, num_outputs, **kwargs)
+        from acsconv import operators
 
-    build.__doc__ = description
-    MODELS.register(name, info=ModelInfo(dims, paper, description))(build)
+        return ResNet(3, in_channels, num_outputs, conv=getattr(operators, operator), **kwargs)
+
+    register_model(name, 3, faithful, description, paper)(build)
 
 
-_register("resnet18_28", 2, True, "MedMNIST ResNet-18 (28): 3x3/1 stem, no max-pool")
-_register("resnet18_3d", 3, True, "paper ResNet-18+3D: Conv3d, 3x3x3/1 stem (slow on CPU)")
-_register("resnet18_3d_s2", 3, False, "light 3D ResNet-18: stride-2 stem, 8x fewer voxels per map", stem_stride=2)
-_register("resnet18_3d_tiny", 3, False, "light 3D ResNet-18: stride-2 stem and half width (32)", stem_stride=2, width=32)
+_resnet("resnet18_28", 2, True, "MedMNIST ResNet-18 (28): 3x3/1 stem, no max-pool", "ResNet-18 (28)")
+_resnet("resnet18_3d", 3, True, "paper ResNet-18+3D: Conv3d, 3x3x3/1 stem (slow on CPU)", "ResNet-18+3D")
+_resnet("resnet18_3d_s2", 3, False, "light 3D ResNet-18: stride-2 stem, 8x fewer voxels per map", "ResNet-18+3D",
+        stem_stride=2)
+_resnet("resnet18_3d_tiny", 3, False, "light 3D ResNet-18: stride-2 stem and half width (32)", "ResNet-18+3D",
+        stem_stride=2, width=32)
+_converted("resnet18_acs", "ACSConv", True, "paper ResNet-18+ACS: the 2D ResNet-18 with acsconv's ACSConv",
+           "ResNet-18+ACS")
+_converted("resnet18_acs_tiny", "ACSConv", False, "light ResNet-18+ACS: stride-2 stem and half width (32)",
+           "ResNet-18+ACS", stem_stride=2, width=32)
+_converted("resnet18_2_5d", "Conv2_5d", True, "paper ResNet-18+2.5D: the 2D ResNet-18 with acsconv's Conv2_5d",
+           "ResNet-18+2.5D")
+_converted("resnet18_2_5d_tiny", "Conv2_5d", False, "light ResNet-18+2.5D: stride-2 stem and half width (32)",
+           "ResNet-18+2.5D", stem_stride=2, width=32)
+
+
+@register_model("resnet18", 2, True, "torchvision ResNet-18 (7x7/2 stem, max-pool) for 64-224 px inputs",
+                "ResNet-18 (224)")
+def _imagenet_resnet18(in_channels: int, num_outputs: int) -> nn.Module:
+    from torchvision.models import resnet18
+
+    net = resnet18(num_classes=num_outputs)
+    if in_channels != 3:
+        net.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
+    return net
 
 
 def model_info(name: str) -> ModelInfo:

@@ -67,6 +67,11 @@ class Recipe:
     optimizer: torch.optim.Optimizer
     batches: Callable[[int], Iterator[Batch]]  # epoch -> batches of training indices
     end_epoch: Callable[[int], None]  # called after epoch e (1-based): LR decays etc.
+    zero_grad: Callable[[], None] | None = None  # before each backward; default optimizer.zero_grad
+
+    def __post_init__(self):
+        if self.zero_grad is None:
+            self.zero_grad = self.optimizer.zero_grad
 
 
 def milestones(epochs: int, fractions) -> set[int]:
@@ -120,14 +125,21 @@ def sampler_batches(ctx: TrainContext, sampling_rate: float) -> Callable[[int], 
     return batches
 
 
-def lr_decay(optimizer, epochs: int, params, via_regularizer: bool) -> Callable[[int], None]:
-    """Divide the LR by ``decay_factor`` after each milestone epoch."""
+def lr_decay(optimizer, epochs: int, params, via_regularizer: bool, inner_lr: bool = False) -> Callable[[int], None]:
+    """Divide the LR by ``decay_factor`` after each milestone epoch.
+
+    ``inner_lr``: PDSCA has a second LR (``lr0``, the inner CE step) that decays only when its
+    own factor is passed too, as LibAUC's example does
+    (``update_regularizer(decay_factor=10, decay_factor0=10)``).
+    """
     steps = milestones(epochs, params.decay_epochs)
 
     def end_epoch(epoch: int) -> None:
         if epoch not in steps:
             return
-        if via_regularizer:
+        if via_regularizer and inner_lr:
+            optimizer.update_regularizer(decay_factor=params.decay_factor, decay_factor0=params.decay_factor)
+        elif via_regularizer:
             optimizer.update_regularizer(decay_factor=params.decay_factor)
         else:
             for group in optimizer.param_groups:
@@ -216,17 +228,46 @@ class SampledParams(ScheduleParams):
     sampling_rate: float
 
 
-def sigmoid_loss(fn, ctx: TrainContext, indexed: bool):
+def sigmoid_loss(fn, ctx: TrainContext, indexed: bool, **kwargs):
     """Adapt a LibAUC loss to ``loss(logits, y, idx, task)``: sigmoid scores, float targets,
-    the per-sample index for index-based losses, and task ids for multi-label ones."""
+    the per-sample index for index-based losses, task ids for multi-label ones, and fixed
+    keyword arguments (e.g. ``auto=False``)."""
 
     def loss(logits, y, idx, task):
         args = (torch.sigmoid(logits), y.float()) + ((idx,) if indexed else ())
         if ctx.multilabel:
-            return fn(*args, task_id=task if task is not None else [])
-        return fn(*args)
+            return fn(*args, task_id=task if task is not None else [], **kwargs)
+        return fn(*args, **kwargs)
 
     return loss
+
+
+def class_prior(p, ctx: TrainContext) -> tuple[dict, dict]:
+    """(constructor kwargs, forward kwargs) that fix AUCM's class prior ``p`` for ``version='v1'``.
+
+    LibAUC's v1 loss re-estimates ``p`` from every batch unless ``auto=False`` is passed, and
+    with DualSampler every batch holds ``sampling_rate`` positives by construction: the loss
+    sees the *sampler's* rate, not the data's imbalance. The v1 objective is an expectation
+    over the distribution the batches are drawn from, so that rate is the right ``p``; we set
+    it explicitly (``imratio`` = that rate, ``auto=False``), which also fixes it for a short
+    last batch. Alternatives considered: ``p`` = the data's imbalance (wrong for sampled
+    batches: it weights the class terms by a prior the batches do not have) and ``version='v2'``
+    (LibAUC's docstring recommends it with DualSampler, but its examples, whose learning rates
+    our defaults follow, use v1; ``version: v2`` remains available per suite).
+    Sources: libauc 2.0.1 ``AUCMLoss`` docstring and ``forward(auto=True)``;
+    LibAUC examples/02_Optimizing_AUROC_with_ResNet20_on_Imbalanced_CIFAR10 (AUCMLoss() with
+    DualSampler(sampling_rate=0.2), PESG lr 0.1).
+    Multi-label (TriSampler): each label's positive rate in a batch varies with the tasks drawn
+    into it, so LibAUC's per-batch estimate is kept there.
+    """
+    if p.version != "v1" or ctx.multilabel:
+        return {}, {}
+    return {"imratio": batch_positive_rate(p.sampling_rate, ctx.batch_size)}, {"auto": False}
+
+
+def batch_positive_rate(sampling_rate: float, batch_size: int) -> float:
+    """The share of positives in a DualSampler batch: it puts ``max(1, int(rate * size))`` of them."""
+    return max(1, int(sampling_rate * batch_size)) / batch_size
 
 
 # ----------------------------------------------------------------------------- objectives
@@ -275,8 +316,9 @@ class AUCM(Objective):
         \min_{w,a,b}\max_{\alpha\ge0} (1-p)\,E[(h-a)^2|y=1] + p\,E[(h-b)^2|y=0]
         + 2\alpha(p(1-p)m + E[p\,h\,1_{y=0} - (1-p)\,h\,1_{y=1}]) - p(1-p)\alpha^2
 
-    with :math:`h=\sigma(\text{logit})`, margin :math:`m`, and :math:`p` the positive rate
-    (``version='v1'``, recomputed per batch by LibAUC) -- ``v2`` drops :math:`p`.
+    with :math:`h=\sigma(\text{logit})`, margin :math:`m`, and :math:`p` the class prior of the
+    batches (``version='v1'``): fixed to the share of positives DualSampler puts in every batch
+    (``sampling_rate``, rounded down to whole samples) (see :func:`class_prior` for the decision and its sources) -- ``v2`` drops :math:`p`.
     Multi-label data uses ``MultiLabelAUCMLoss`` (one AUCM term per label) and TriSampler.
 
     Args (``objectives.aucm``):
@@ -310,16 +352,18 @@ class AUCM(Objective):
         from libauc.losses import AUCMLoss, MultiLabelAUCMLoss
         from libauc.optimizers import PESG
 
+        init_kw, call_kw = class_prior(p, ctx)
         if ctx.multilabel:
             fn = MultiLabelAUCMLoss(margin=p.margin, version=p.version, num_labels=ctx.labels.shape[1], device=ctx.device)
         else:
-            fn = AUCMLoss(margin=p.margin, version=p.version, device=ctx.device)
+            fn = AUCMLoss(margin=p.margin, version=p.version, device=ctx.device, **init_kw)
         opt = PESG(
             model.parameters(), loss_fn=fn, lr=p.lr, margin=p.margin, epoch_decay=p.epoch_decay,
             weight_decay=p.weight_decay, momentum=p.momentum, verbose=False, device=ctx.device,
         )
 
-        return Recipe(sigmoid_loss(fn, ctx, indexed=False), opt, sampler_batches(ctx, p.sampling_rate), lr_decay(opt, ctx.epochs, p, True))
+        return Recipe(sigmoid_loss(fn, ctx, indexed=False, **call_kw), opt, sampler_batches(ctx, p.sampling_rate),
+                      lr_decay(opt, ctx.epochs, p, True))
 
 
 @OBJECTIVES.register("ap")
@@ -486,6 +530,12 @@ class CompositionalAUC(Objective):
     Practical tips (LibAUC): increasing ``k`` may help; no multi-label form exists in
     LibAUC 2.0.1, so ChestMNIST cells end as "not applicable".
 
+    Two LibAUC 2.0.1 pitfalls handled here, without patching the library: PDSCA chooses its CE or
+    AUC branch by ``alpha.grad is None`` and nothing clears that gradient (we clear it before
+    every backward, so steps alternate k and k), and its inner LR ``lr0`` decays only when
+    ``decay_factor0`` is passed (we pass both factors, as LibAUC's example does). The class prior
+    ``p`` is fixed as for :class:`AUCM`.
+
     Reference: Z. Yuan, Z. Guo, N. Chawla, T. Yang. "Compositional Training for End-to-End
     Deep AUC Maximization", ICLR 2022.
     """
@@ -507,13 +557,24 @@ class CompositionalAUC(Objective):
         from libauc.losses import CompositionalAUCLoss
         from libauc.optimizers import PDSCA
 
-        fn = CompositionalAUCLoss(margin=p.margin, k=p.k, version=p.version, device=ctx.device)
+        init_kw, call_kw = class_prior(p, ctx)
+        fn = CompositionalAUCLoss(margin=p.margin, k=p.k, version=p.version, device=ctx.device, **init_kw)
         opt = PDSCA(
             model.parameters(), loss_fn=fn, lr=p.lr, beta1=p.beta1, beta2=p.beta2, epoch_decay=p.epoch_decay,
             weight_decay=p.weight_decay, verbose=False, device=ctx.device,
         )
 
-        return Recipe(sigmoid_loss(fn, ctx, indexed=False), opt, sampler_batches(ctx, p.sampling_rate), lr_decay(opt, ctx.epochs, p, True))
+        def zero_grad():
+            # PDSCA takes its CE branch iff ``alpha.grad is None``, but alpha is not among its
+            # parameters, so ``zero_grad`` never clears it: from the first AUC step on, every step
+            # would take the AUC branch and training would no longer alternate. Clearing it each
+            # step restores the paper's k CE steps / k AUC steps (the loss picks which by its step
+            # counter; only AUC steps give alpha a gradient).
+            opt.zero_grad()
+            fn.alpha.grad = None
+
+        return Recipe(sigmoid_loss(fn, ctx, indexed=False, **call_kw), opt, sampler_batches(ctx, p.sampling_rate),
+                      lr_decay(opt, ctx.epochs, p, True, inner_lr=True), zero_grad)
 
 
 def get_objective(name: str, where: str = "") -> type[Objective]:

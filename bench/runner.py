@@ -65,20 +65,41 @@ def _roc_png(y: np.ndarray, p1: np.ndarray, title: str, path: Path) -> None:
     plt.close(fig)
 
 
-def execute(cell: Cell, run, *, data_root=None, allow_unverified=None, init_state=None, progress=True) -> CellResult:
+@dataclass(frozen=True)
+class Scored:
+    """What an ``after_test`` hook gets: the selected model and everything needed to score it
+    on more data the same way the test split was scored (e.g. corrupted test sets)."""
+
+    cell: Cell
+    model: torch.nn.Module
+    data: D.MedData
+    device: torch.device
+    bf16: bool
+    x_scale: float
+    test_auc: float
+
+
+def execute(cell: Cell, run, *, data_root=None, allow_unverified=None, init_state=None, progress=True,
+            after_test=None, save_checkpoint: bool = True) -> CellResult:
     """Run ``cell`` inside the open MLflow run ``run`` (a ``tracking.RunHandle``).
 
+    ``after_test(scored, run)``: called once the test split has been scored (shift scoring
+    hooks in here; it never influences selection, which is over by then).
+    ``save_checkpoint``: False keeps ``model.pt`` out of the artifacts (storage; see
+    ``checkpoints:`` in the README) -- then nothing can fine-tune from or re-score this run.
     Raises on failure; the caller ends the run (FAILED / not applicable / FINISHED).
     """
     t0 = time.perf_counter()
-    data = D.load(cell.dataset, data_root, allow_unverified=allow_unverified)
+    data = D.load(cell.dataset, data_root, size=cell.size, allow_unverified=allow_unverified)
     spec = data.spec
-    pos = data.positive_label
+    pos, sampler = data.positive_label, data.sampler_label
     run.tags({"data_md5": data.md5, "data_verified": str(data.verified).lower(), "positive_label": pos,
-              "data_file": str(data.path)})
+              "positive_class": spec.positive_name if spec.task == "binary" else "each finding",
+              "sampler_label": sampler, "data_file": str(data.path)})
     # applicability first: a binary-only loss on ChestMNIST ends here, before any training
     get_objective(cell.objective).check_task(spec.task == "multilabel")
     proto = D.make_protocol(data, cell.protocol, cell.fold, cell.train.split_seed)
+    run.dataset(cell.dataset, data.md5, str(data.path), cell.protocol if cell.fold is None else f"{cell.protocol}/fold{cell.fold}")
     device = select_device()
     run.tags({"device": str(device), "n_train": len(proto.train), "n_val": len(proto.val), "n_test": len(proto.test)})
 
@@ -86,13 +107,15 @@ def execute(cell: Cell, run, *, data_root=None, allow_unverified=None, init_stat
         keys = ("train_loss", "val_auc", "val_auprc", "epoch_seconds", "lr")
         run.metrics({k: rec[k] for k in keys if np.isfinite(rec[k])}, step=rec["epoch"])
 
-    result = fit(cell, proto, spec, pos, device=device, init_state=init_state, on_epoch=on_epoch, progress=progress)
+    result = fit(cell, proto, spec, sampler, pos, device=device, init_state=init_state, on_epoch=on_epoch,
+                 progress=progress)
     bs, x_scale = cell.train.eval_batch_size, (0.5 if cell.train.voxel_scale and spec.shape_mask else 1.0)
     y_val = proto.val.y.numpy().astype(int)
     y_test = proto.test.y.numpy().astype(int)
-    p1_val = to_label1(result.val_scores, pos)  # scored during training, by the selected weights
-    # The one and only look at the test split, with the selected weights.
-    p1_test = to_label1(predict(result.model, proto.test, spec.is_3d, bs, device, result.bf16, x_scale), pos)
+    p1_val = to_label1(result.val_scores, sampler)  # scored during training, by the selected weights
+    # The one and only look at the test split, with the selected weights (and the declared TTA).
+    p1_test = to_label1(predict(result.model, proto.test, spec.is_3d, bs, device, result.bf16, x_scale,
+                                cell.train.tta), sampler)
     val, test, thresholds = score_val_test(y_val, p1_val, y_test, p1_test, pos)
 
     final = {f"val_{k}": v for k, v in val.items()}
@@ -114,6 +137,7 @@ def execute(cell: Cell, run, *, data_root=None, allow_unverified=None, init_stat
         out = Path(tmp)
         resolved = {**asdict(cell), "cell_id": cell.cell_id, "group_id": cell.group_id,
                     "data_md5": data.md5, "data_verified": data.verified, "positive_label": pos,
+                    "sampler_label": sampler,
                     "thresholds": {k: v.tolist() for k, v in thresholds.items()}}
         (out / "config.json").write_text(json.dumps(resolved, indent=2, default=str))
         pd.DataFrame(result.history).to_csv(out / "history.csv", index=False)
@@ -123,21 +147,24 @@ def execute(cell: Cell, run, *, data_root=None, allow_unverified=None, init_stat
         pd.DataFrame(p1_val).to_csv(out / fname.replace("_test_", "_val_", 1).replace(
             f"[AUC]{test['auc']:.3f}_[ACC]{test['acc']:.3f}", f"[AUC]{val['auc']:.3f}_[ACC]{val['acc']:.3f}"), header=False)
         _roc_png(y_test, p1_test, f"{cell.run_name}\ntest AUC {test['auc']:.4f}", out / "roc_test.png")
-        torch.save({k: v.detach().cpu() for k, v in result.model.state_dict().items()}, out / CHECKPOINT)
+        if save_checkpoint:
+            torch.save({k: v.detach().cpu() for k, v in result.model.state_dict().items()}, out / CHECKPOINT)
         run.artifacts(out)
+    if after_test is not None:
+        after_test(Scored(cell, result.model, data, device, result.bf16, x_scale, test["auc"]), run)
     return CellResult(cell.cell_id, cell.run_name, "finished", val["auc"], test["auc"], test["acc"],
                       time.perf_counter() - t0)
 
 
 def run_one(tracker, cell: Cell, suite: str, parent_id: str | None, lock, *, init_state=None, init_source=None,
-            data_root=None, allow_unverified=None, progress=True) -> CellResult:
+            data_root=None, allow_unverified=None, progress=True, after_test=None, save_checkpoint=True) -> CellResult:
     """Create the cell's run, execute it, and end it with the right status -- never RUNNING."""
     extra = {"bench_init_run_id": init_source} if init_source else {}
     run = tracker.start_cell(cell, suite, parent_id, lock, extra)
     t0 = time.perf_counter()
     try:
         res = execute(cell, run, data_root=data_root, allow_unverified=allow_unverified, init_state=init_state,
-                      progress=progress)
+                      progress=progress, after_test=after_test, save_checkpoint=save_checkpoint)
     except NotApplicable as exc:
         run.end("FINISHED", "not_applicable", str(exc))
         return CellResult(cell.cell_id, cell.run_name, "not_applicable", error=str(exc))

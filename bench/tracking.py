@@ -16,12 +16,11 @@ filesystem for ``BENCH_LOCK_DIR``.
 from __future__ import annotations
 
 import fcntl
-import functools
 import hashlib
+import json
 import logging
 import os
 import socket
-import subprocess
 import time
 from pathlib import Path
 from urllib.parse import urlparse
@@ -30,12 +29,13 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("MLFLOW_ENABLE_TELEMETRY", "false")
 
 import mlflow  # noqa: E402
-from mlflow.entities import Metric, Param, RunTag  # noqa: E402
+from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
 from bench import __version__  # noqa: E402
 from bench.config import PROJECT_ROOT  # noqa: E402
 from bench.errors import TrackingError  # noqa: E402
+from bench.provenance import code_digest, run_tags  # noqa: E402
 
 log = logging.getLogger(__name__)
 PARENT_TAG = "mlflow.parentRunId"
@@ -65,22 +65,6 @@ def lock_dir(uri: str) -> Path:
         return db.parent / f".{db.name}.locks"
     digest = hashlib.sha256(uri.encode()).hexdigest()[:12]
     return Path("~/.cache/medauc-bench/locks").expanduser() / digest
-
-
-@functools.lru_cache(maxsize=1)
-def git_commit() -> str:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=5
-        )
-        sha = out.stdout.strip()
-        if out.returncode != 0 or not sha:
-            return ""
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=PROJECT_ROOT,
-                               capture_output=True, text=True, timeout=5).stdout.strip()
-        return sha + ("-dirty" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        return ""
 
 
 class Lock:
@@ -150,13 +134,24 @@ class Tracker:
             if not token:
                 return runs
 
+    # A cell is done only when a FINISHED run has its id *and* was produced by this code
+    # (bench.provenance explains why the digest is not part of the id).
+    def _done_filter(self) -> str:
+        return f"attributes.status = 'FINISHED' and tags.bench_code_digest = '{code_digest()}'"
+
     def finished_cells(self) -> dict[str, str]:
-        """cell id -> run id of FINISHED cell runs in this experiment and the reused ones (one query)."""
-        runs = self._search("attributes.status = 'FINISHED' and tags.bench_role = 'cell'", reuse=True)
+        """cell id -> run id of FINISHED cell runs of this code in this experiment and the reused ones (one query)."""
+        runs = self._search(f"{self._done_filter()} and tags.bench_role = 'cell'", reuse=True)
         return {r.data.tags["bench_cell_id"]: r.info.run_id for r in sorted(runs, key=lambda r: r.info.start_time)}
 
+    def other_code_cells(self) -> int:
+        """How many FINISHED cell runs here were produced by other code (they will run again)."""
+        runs = self._search(f"attributes.status = 'FINISHED' and tags.bench_role = 'cell' "
+                            f"and tags.bench_code_digest != '{code_digest()}'")
+        return len({r.data.tags.get("bench_cell_id") for r in runs})
+
     def finished_run(self, cell_id: str):
-        runs = self._search(f"attributes.status = 'FINISHED' and tags.bench_cell_id = '{cell_id}'", reuse=True)
+        runs = self._search(f"{self._done_filter()} and tags.bench_cell_id = '{cell_id}'", reuse=True)
         runs = [r for r in runs if r.data.tags.get("bench_status") != "not_applicable"]
         return max(runs, key=lambda r: r.info.start_time) if runs else None
 
@@ -187,15 +182,15 @@ class Tracker:
     def start_parent(self, suite: str, tags: dict) -> "RunHandle":
         lock = Lock(self.locks / f"parent-{os.getpid()}-{time.time_ns()}.lock")
         lock.acquire()
-        base = {"bench_role": "suite", "bench_suite": suite, "bench_version": __version__,
-                "bench_git_commit": git_commit(), "bench_lock": lock.path.name}
+        base = {"bench_role": "suite", "bench_suite": suite, "bench_version": __version__, **run_tags(),
+                "bench_lock": lock.path.name}
         run = self.client.create_run(self.experiment_id, run_name=f"suite-{suite}", tags={**base, **tags})
         return RunHandle(self, run.info.run_id, lock)
 
     def start_cell(self, cell, suite: str, parent_id: str | None, lock: Lock, extra_tags: dict | None = None) -> "RunHandle":
         tags = {
             "bench_role": "cell", "bench_suite": suite, "bench_cell_id": cell.cell_id,
-            "bench_group_id": cell.group_id, "bench_version": __version__, "bench_git_commit": git_commit(),
+            "bench_group_id": cell.group_id, "bench_version": __version__, **run_tags(),
             "bench_lock": lock.path.name, "bench_status": "running", **(extra_tags or {}),
         }
         if parent_id:
@@ -218,8 +213,8 @@ class Tracker:
         return runs[0] if runs else None
 
     def start_ensemble(self, run_name: str, suite: str, parent_id: str | None, tags: dict, params: dict) -> "RunHandle":
-        base = {"bench_role": "ensemble", "bench_suite": suite, "bench_version": __version__,
-                "bench_git_commit": git_commit(), "bench_status": "running"}
+        base = {"bench_role": "ensemble", "bench_suite": suite, "bench_version": __version__, **run_tags(),
+                "bench_status": "running"}
         if parent_id:
             base[PARENT_TAG] = parent_id
         run = self.client.create_run(self.experiment_id, run_name=run_name, tags={**base, **tags})
@@ -234,6 +229,12 @@ class RunHandle:
 
     def tags(self, tags: dict) -> None:
         self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def dataset(self, name: str, digest: str, source: str, context: str) -> None:
+        """Log the cell's data as an MLflow dataset input: the runs table's Dataset column then
+        shows which file (by MD5) a run trained on, and runs on different files look different."""
+        ds = Dataset(name=name, digest=digest, source_type="local", source=json.dumps({"uri": source}))
+        self.client.log_inputs(self.run_id, datasets=[DatasetInput(ds, [InputTag("mlflow.data.context", context)])])
 
     def metrics(self, metrics: dict, step: int = 0) -> None:
         ts = int(time.time() * 1000)

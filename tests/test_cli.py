@@ -81,6 +81,20 @@ def test_cv5_needs_fold():
                           "--fold")
 
 
+@pytest.mark.parametrize("args, needle", [
+    (("cell", "--dataset", "breastmnist", "--objective", "ce", "--protocol", "official", "--fold", "2"),
+     "--fold 2 contradicts --protocol official"),
+    (("cell", "--dataset", "breastmnist", "--objective", "ce", "--aug", "--aug-value", "false"),
+     "--aug/--no-aug and --aug-value both given"),
+    (("suite", "smoke", "--dry-run", "--rerun"), "--dry-run and --rerun contradict"),
+    (("leaderboard", "--suite", "smoke", "--from-csv", __file__, "--experiment", "x"), "--from-csv and --experiment"),
+])
+def test_contradictory_options_are_one_line_errors(args, needle):
+    res = invoke(*args)
+    assert_one_line_error(res, needle)
+    assert no_running_runs()
+
+
 def test_unreachable_tracking_via_cli(monkeypatch):
     import socket
 

@@ -85,3 +85,81 @@ def test_sampler_batches_are_seeded():
     a = [i.tolist() for i, _ in cls.build(Tiny(1), params, _ctx(False)).batches(1)]
     b = [i.tolist() for i, _ in cls.build(Tiny(1), params, _ctx(False)).batches(1)]
     assert a == b
+
+
+def _pdsca_branches(recipe, model, ctx, steps: int, clear_alpha: bool = True) -> list[str]:
+    """Run ``steps`` optimizer steps and record the branch PDSCA takes at each: it decides by
+    ``alpha.grad is None`` (CE branch) or not (AUC branch), so that is what we record."""
+    opt = recipe.optimizer
+    x = torch.randn(ctx.n, 16)
+    y = torch.as_tensor(ctx.labels, dtype=torch.float32).reshape(ctx.n, -1)
+    batches = iter(recipe.batches(1))
+    branches = []
+    for _ in range(steps):
+        idx, task = next(batches, None) or next(iter(recipe.batches(2)))
+        (recipe.zero_grad if clear_alpha else opt.zero_grad)()
+        recipe.loss(model(x[idx]).float(), y[idx], idx, task).backward()
+        branches.append("ce" if opt.param_groups[0]["alpha"].grad is None else "auc")
+        opt.step()
+    return branches
+
+
+@pytest.mark.parametrize("k", [1, 2, 3])
+def test_pdsca_alternates_k_ce_and_k_auc_steps(k):
+    cls = OBJECTIVES.get("compauc")
+    params = cls.params({**base_config()["objectives"]["compauc"], "k": k})
+    ctx = _ctx(False, n=256)
+    torch.manual_seed(0)
+    model = Tiny(1)
+    recipe = cls.build(model, params, ctx)
+    got = _pdsca_branches(recipe, model, ctx, steps=4 * k)
+    assert got == (["ce"] * k + ["auc"] * k) * 2
+
+
+def test_libauc_pdsca_alone_stops_alternating():
+    """The LibAUC quirk the objective works around: with the optimizer's own zero_grad, every
+    step after the first AUC step takes the AUC branch (if this fails, LibAUC fixed it)."""
+    cls = OBJECTIVES.get("compauc")
+    params = cls.params(base_config()["objectives"]["compauc"])
+    ctx = _ctx(False, n=256)
+    torch.manual_seed(0)
+    model = Tiny(1)
+    recipe = cls.build(model, params, ctx)
+    assert _pdsca_branches(recipe, model, ctx, steps=6, clear_alpha=False) == ["ce"] + ["auc"] * 5
+
+
+def test_pdsca_decays_both_learning_rates():
+    cls = OBJECTIVES.get("compauc")
+    params = cls.params(base_config()["objectives"]["compauc"])
+    recipe = cls.build(Tiny(1), params, _ctx(False))  # 4 epochs: decays after epochs 2 and 3
+    group = recipe.optimizer.param_groups[0]
+    lr, lr0 = group["lr"], group["lr0"]
+    for e in range(1, 5):
+        recipe.end_epoch(e)
+    assert group["lr"] == pytest.approx(lr / 100) and group["lr0"] == pytest.approx(lr0 / 100)
+
+
+@pytest.mark.parametrize("name", ["aucm", "compauc"])
+def test_auc_losses_see_the_sampler_rate_as_class_prior(name):
+    """version v1: p is the share of positives DualSampler puts in a batch (fixed), not the
+    data's imbalance and not re-estimated per batch."""
+    from bench.objectives import batch_positive_rate
+
+    cls = OBJECTIVES.get(name)
+    params = cls.params(base_config()["objectives"][name])
+    ctx = _ctx(False, n=200)  # ~30% positives in the data; the sampler rate is 0.2
+    recipe = cls.build(Tiny(1), params, ctx)
+    fn = recipe.optimizer.loss_fn
+    x = torch.randn(ctx.n, 16)
+    y = torch.as_tensor(ctx.labels, dtype=torch.float32).reshape(ctx.n, -1)
+    expected = int(0.2 * ctx.batch_size) / ctx.batch_size
+    assert batch_positive_rate(params.sampling_rate, ctx.batch_size) == expected
+    seen = set()
+    for idx, task in recipe.batches(1):
+        recipe.zero_grad()
+        recipe.loss(Tiny(1)(x[idx]).float(), y[idx], idx, task)
+        seen.add(float(fn.p))
+        # a batch with another positive share must not move p (LibAUC's default would)
+        recipe.loss(torch.zeros(len(idx), 1), torch.ones(len(idx), 1), idx, task)
+        seen.add(float(fn.p))
+    assert len(seen) == 1 and seen.pop() == pytest.approx(expected)

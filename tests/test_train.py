@@ -1,17 +1,32 @@
+import numpy as np
+import pytest
 import torch
 
 from bench import data as D
 from bench.config import base_config, deep_merge, expand, suites_dir
-from bench.train import fit, use_bf16
+from bench.evaluate import predict
+from bench.models import create_model
+from bench.train import fit, seed_everything, swa_start_epoch, use_bf16
 from tests.conftest import make_npz
 
 
-def _cell(flag, objective, model, **train):
+def _cell(flag, objective, model, aug=True, **train):
     doc = deep_merge(base_config(), {
-        "grid": {"dataset": [flag], "objective": [objective], "aug": [True], "seed": [0], "protocol": ["official"]},
+        "grid": {"dataset": [flag], "objective": [objective], "aug": [aug], "seed": [0], "protocol": ["official"]},
         "train": {"epochs": 2, "batch_size": 16, **train}, "datasets": {flag: {"model": model, "train": {"batch_size": 16}}},
     })
     return expand(doc, suites_dir() / "_base.yaml", lambda f: "")[0]
+
+
+@pytest.fixture
+def breast(tmp_path):
+    make_npz(tmp_path, "breastmnist", n=(48, 16, 16))
+    data = D.load("breastmnist", tmp_path, allow_unverified=True)
+    return data, D.make_protocol(data, "official", None)
+
+
+def _fit(cell, data, proto, **kw):
+    return fit(cell, proto, data.spec, data.sampler_label, data.positive_label, progress=False, **kw)
 
 
 def test_3d_on_cpu_never_uses_bf16():
@@ -25,8 +40,7 @@ def test_fit_is_reproducible_and_selects_on_validation(tmp_path):
     data = D.load("adrenalmnist3d", tmp_path, allow_unverified=True)
     proto = D.make_protocol(data, "official", None)
     cell = _cell("adrenalmnist3d", "aucm", "resnet18_3d_tiny")
-    a = fit(cell, proto, data.spec, data.positive_label, progress=False)
-    b = fit(cell, proto, data.spec, data.positive_label, progress=False)
+    a, b = _fit(cell, data, proto), _fit(cell, data, proto)
     assert [h["val_auc"] for h in a.history] == [h["val_auc"] for h in b.history]
     assert a.best_val_auc == max(h["val_auc"] for h in a.history)
     assert a.history[a.best_epoch - 1]["val_auc"] == a.best_val_auc
@@ -34,12 +48,62 @@ def test_fit_is_reproducible_and_selects_on_validation(tmp_path):
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
-def test_early_stopping_and_ema(tmp_path):
-    make_npz(tmp_path, "breastmnist", n=(48, 16, 16))
-    data = D.load("breastmnist", tmp_path, allow_unverified=True)
-    proto = D.make_protocol(data, "official", None)
-    cell = _cell("breastmnist", "ce", "resnet18_28", epochs=6, patience=1, ema=0.9)
-    res = fit(cell, proto, data.spec, data.positive_label, progress=False)
-    assert 1 <= len(res.history) <= 6
-    if res.stopped_early:
-        assert len(res.history) - res.best_epoch == 1
+def test_early_stopping_stops_patience_epochs_after_the_best(breast):
+    data, proto = breast
+    cell = _cell("breastmnist", "ce", "resnet18_28", aug=False, epochs=12, patience=1, precision="fp32")
+    res = _fit(cell, data, proto)
+    aucs = [h["val_auc"] for h in res.history]
+    # it stops at the first epoch that does not improve on the best so far
+    first_drop = next(i for i in range(1, len(aucs)) if aucs[i] <= max(aucs[:i]))
+    assert res.stopped_early and len(aucs) == first_drop + 1 < 12
+    assert res.best_epoch == int(np.argmax(aucs)) + 1
+
+
+def test_ema_selects_and_scores_the_averaged_weights(breast, monkeypatch):
+    """AveragedModel's first update copies the weights after step 1 and later steps barely move
+    an EMA with decay 0.999: the selected model must be that average (~ the step-1 weights),
+    not the raw weights after all steps."""
+    import bench.objectives as O
+
+    data, proto = breast
+    kw = dict(aug=False, epochs=1, precision="fp32")
+    raw = _fit(_cell("breastmnist", "ce", "resnet18_28", **kw), data, proto)
+    ema = _fit(_cell("breastmnist", "ce", "resnet18_28", ema=0.999, **kw), data, proto)
+    first_only = O.shuffled_batches
+
+    def one_step(ctx):
+        batches = first_only(ctx)
+        return lambda epoch: iter([next(iter(batches(epoch)))])
+
+    monkeypatch.setattr(O, "shuffled_batches", one_step)
+    step1 = _fit(_cell("breastmnist", "ce", "resnet18_28", **kw), data, proto).model.state_dict()
+
+    def dist(model):
+        state = model.state_dict()
+        return sum(float((state[k] - step1[k]).norm()) for k in step1 if step1[k].is_floating_point())
+
+    assert raw.train_samples == 48 and dist(ema.model) < 0.05 * dist(raw.model)
+
+
+def test_swa_averages_only_the_final_share_of_epochs(breast):
+    data, proto = breast
+    # random validation labels: AUC near 0.5 and sensitive to every weight (no saturation at 1.0)
+    y = proto.val.y[torch.randperm(len(proto.val), generator=torch.Generator().manual_seed(0))]
+    proto = D.Protocol(proto.train, D.Split(proto.val.x, y), proto.test, "official", None)
+    assert swa_start_epoch(4, 0.5) == 3 and swa_start_epoch(100, 0.25) == 76 and swa_start_epoch(3, 0.1) == 3
+    kw = dict(aug=False, epochs=4, precision="fp32")
+    plain = _fit(_cell("breastmnist", "ce", "resnet18_28", **kw), data, proto)
+    swa = _fit(_cell("breastmnist", "ce", "resnet18_28", swa=0.5, **kw), data, proto)
+    p, s = [h["val_auc"] for h in plain.history], [h["val_auc"] for h in swa.history]
+    assert p[:2] == s[:2]  # epochs 1-2: the raw weights, identical runs
+    assert s[3] != p[3]  # epoch 4: the average of epochs 3 and 4 (BatchNorm recomputed) is what gets scored
+
+
+def test_tta_averages_the_flipped_views(breast):
+    data, proto = breast
+    model = create_model("resnet18_28", 1, 1)
+    cpu = torch.device("cpu")
+    plain = predict(model, proto.val, False, 8, cpu, False)
+    flipped = predict(model, D.Split(proto.val.x.flip(3), proto.val.y), False, 8, cpu, False)
+    tta = predict(model, proto.val, False, 8, cpu, False, tta="flip")
+    assert np.allclose(tta, (plain + flipped) / 2) and not np.allclose(tta, plain)

@@ -1,0 +1,262 @@
+"""What a researcher sees in ``mlflow ui``, checked in a real headless Chromium.
+
+A suite's store (parent run + nested cell runs with dataset inputs) is written with the same
+helpers the tracking code uses (``bench.mlflow_native``), ``mlflow ui`` serves it on a free
+127.0.0.1 port, and Selenium drives Debian's ``chromium`` through ``chromedriver``. The UI is
+a React single-page app, so every check waits for text in the live DOM (WebDriverWait),
+never for a fixed time.
+
+Needs: ``apt-get install chromium chromium-driver`` and ``pip install selenium``; skipped
+with the reason otherwise. ``BENCH_SCREENSHOT=/path/shot.png`` saves the runs table as a
+user sees it (parent row expanded). Everything started here is stopped here: the server by
+its process group, the browser by ``quit()`` (and its process tree if it outlives that).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install selenium)")
+from selenium.common.exceptions import TimeoutException, WebDriverException  # noqa: E402
+from selenium.webdriver.chrome.service import Service  # noqa: E402
+from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+
+from bench import mlflow_native as N  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+CHROMIUM = os.environ.get("BENCH_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMEDRIVER = os.environ.get("BENCH_CHROMEDRIVER") or shutil.which("chromedriver")
+if not (CHROMIUM and CHROMEDRIVER):
+    pytest.skip("chromium and chromedriver are not installed (apt-get install chromium chromium-driver)",
+                allow_module_level=True)
+
+pytestmark = pytest.mark.slow  # ~35-45 s on 2 shared CPU cores (server start + three page loads)
+
+SERVER_START_S = 90   # `mlflow ui` imports a lot; 2 busy cores can take a while
+PAGE_S = 60           # first render of the SPA (bundle parse + API calls)
+PARENT = "suite-smoke"
+CELLS = ("breastmnist-ce-noaug-s0", "breastmnist-aucm-noaug-s0")
+FLAG, MD5 = "breastmnist", "750601b1f35ba3300ea97c75c52ff8f6"
+CONTEXT = "official"
+
+
+# ------------------------------------------------------------------ store, server, browser
+def _seed(uri: str, artifacts: Path) -> str:
+    """An experiment as a smoke suite leaves it: a parent run and two finished nested cells."""
+    from mlflow.entities import Metric, Param
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    exp = client.create_experiment(
+        "medauc-bench/smoke", artifact_location=str(artifacts / "smoke"),
+        tags=N.experiment_tags("smoke: BreastMNIST x {ce, aucm}, 1 seed, 2 epochs"))
+    argv = ["bench", "suite", "smoke"]
+    parent = client.create_run(exp, run_name=PARENT, tags={"bench_role": "suite", N.NOTE_TAG: N.parent_description(argv)})
+    pid = parent.info.run_id
+    now = int(time.time() * 1000)
+    for name, auc in zip(CELLS, (0.8812, 0.8634)):
+        run = client.create_run(exp, run_name=name, tags={"bench_role": "cell", "mlflow.parentRunId": pid})
+        rid = run.info.run_id
+        client.log_inputs(rid, datasets=[N.dataset_input(FLAG, MD5, f"/data/medmnist/{FLAG}.npz", CONTEXT,
+                                                         profile={"train": 546, "val": 78, "test": 156})])
+        params = {"dataset": FLAG, "recipe": name.split("-")[1], "aug": "off", "seed": "0",
+                  "protocol": CONTEXT, "fold": ""}
+        client.log_batch(rid, metrics=[Metric("test_auc", auc, now, 0), Metric("val_auc", auc + 0.03, now, 0)],
+                         params=[Param(k, v) for k, v in params.items()])
+        client.set_terminated(rid)
+    client.set_terminated(pid)
+    return exp
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _kill_tree(proc: subprocess.Popen) -> None:
+    """SIGTERM the process group (mlflow ui -> uvicorn), then SIGKILL whatever is left."""
+    if proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)  # stragglers of the group, even if the leader exited
+    except ProcessLookupError:
+        pass
+    proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def ui(tmp_path_factory):
+    """(base URL, experiment id) of a running ``mlflow ui`` on a seeded temporary SQLite store."""
+    root = tmp_path_factory.mktemp("ui")
+    db = root / "mlflow.db"
+    uri = f"sqlite:///{db}"
+    experiment_id = _seed(uri, root / "artifacts")
+    port = _free_port()
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true",
+           "MLFLOW_ENABLE_TELEMETRY": "false"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    server_log = open(root / "server.log", "wb")
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
+           "--default-artifact-root", str(root / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
+           "--workers", "1"]
+    proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=server_log, stderr=subprocess.STDOUT,
+                            stdin=subprocess.DEVNULL, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline, t0 = time.monotonic() + SERVER_START_S, time.monotonic()
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"mlflow ui exited ({proc.returncode}): {(root / 'server.log').read_text()[-2000:]}")
+            try:
+                with urllib.request.urlopen(f"{base}/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"mlflow ui not up after {SERVER_START_S}s: {(root / 'server.log').read_text()[-2000:]}")
+            time.sleep(0.5)
+        log.info("mlflow ui up on %s after %.1fs", base, time.monotonic() - t0)
+        yield base, experiment_id
+    finally:
+        _kill_tree(proc)
+        server_log.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    profile = tempfile.mkdtemp(prefix="bench-chromium-")
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                "--disable-dev-shm-usage", "--disable-extensions", "--window-size=1600,900",
+                f"--user-data-dir={profile}"):
+        opts.add_argument(arg)
+    service = Service(CHROMEDRIVER)  # an explicit driver path: Selenium Manager is never consulted
+    driver = webdriver.Chrome(service=service, options=opts)
+    try:
+        yield driver
+    finally:
+        try:
+            driver.quit()
+        finally:
+            proc = getattr(service, "process", None)
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+            shutil.rmtree(profile, ignore_errors=True)
+
+
+# ------------------------------------------------------------------ page helpers
+def _body(driver) -> str:
+    try:
+        return driver.find_element(By.TAG_NAME, "body").text
+    except WebDriverException:
+        return ""
+
+
+def wait_for_text(driver, *texts: str, timeout: float = PAGE_S) -> str:
+    """Wait until every text is on the page (case-insensitive); return the page text."""
+    want = [t.lower() for t in texts]
+    try:
+        WebDriverWait(driver, timeout, poll_frequency=0.25).until(
+            lambda d: all(t in _body(d).lower() for t in want))
+    except TimeoutException:
+        missing = [t for t in texts if t.lower() not in _body(driver).lower()]
+        pytest.fail(f"{missing} not on {driver.current_url} after {timeout}s; page text: {_body(driver)[:1500]!r}")
+    return _body(driver)
+
+
+def close_assistant(driver) -> None:
+    """The 3.17 UI opens an 'MLflow Assistant' side panel by default; close it to free the table's width."""
+    if "MLflow Assistant" not in _body(driver):
+        return
+    for button in driver.find_elements(By.CSS_SELECTOR, "button[aria-label='Close']"):
+        if button.is_displayed():
+            button.click()
+            break
+
+
+def expand_parent(driver, run_name: str) -> None:
+    """Nested runs are collapsed under their parent; click the parent's expander button."""
+    xpath = (f"//div[@role='row'][.//a[normalize-space()='{run_name}']]"
+             "//button[contains(@data-component-id, 'runnamecellrenderer')]")
+    button = WebDriverWait(driver, PAGE_S).until(lambda d: d.find_element(By.XPATH, xpath))
+    driver.execute_script("arguments[0].scrollIntoView({block: 'center'});", button)
+    button.click()
+
+
+def path_of(url: str) -> str:
+    return url.split("#", 1)[-1].split("?", 1)[0]
+
+
+def open_fresh(driver, url: str) -> None:
+    """Open ``url`` as a first-time visitor would: no stored UI state, a new document.
+
+    The UI's routes live in the URL's #fragment, so going from one of its pages to another is
+    a same-document navigation that keeps React's in-memory state; a blank page in between
+    forces a full load, and clearing localStorage forgets a remembered GenAI/ML choice.
+    """
+    if driver.current_url.startswith("http"):
+        driver.execute_script("window.localStorage.clear()")
+    driver.get("about:blank")
+    driver.get(url)
+
+
+# ------------------------------------------------------------------ tests
+def test_runs_table_shows_the_suite_its_cells_and_their_dataset(ui, browser):
+    base, exp = ui
+    open_fresh(browser, N.runs_table_url(base, exp))
+    wait_for_text(browser, PARENT, "Dataset", "val_auc", "test_auc")  # the saved view's columns
+    close_assistant(browser)
+    expand_parent(browser, PARENT)
+    text = wait_for_text(browser, *CELLS, f"{FLAG} ({MD5[:8]})", CONTEXT, "0.8812", "0.8634")
+    assert path_of(browser.current_url).endswith("/runs")
+    assert "3 matching runs" in text  # the parent and its two cells
+    shot = os.environ.get("BENCH_SCREENSHOT")
+    if shot:
+        Path(shot).parent.mkdir(parents=True, exist_ok=True)
+        browser.save_screenshot(shot)
+        log.info("screenshot: %s", shot)
+
+
+def test_experiment_link_lands_on_the_runs_table(ui, browser):
+    """The experiment link we print opens the runs table (Runs tab, ML side bar), not Traces."""
+    base, exp = ui
+    open_fresh(browser, N.experiment_url(base, exp))
+    WebDriverWait(browser, PAGE_S).until(lambda d: path_of(d.current_url).endswith("/runs"))
+    wait_for_text(browser, PARENT, "Dataset", "Model training")
+    assert "/traces" not in browser.current_url and "/overview" not in browser.current_url
+
+
+def test_bare_experiment_url_still_opens_genai_overview(ui, browser):
+    """Why our links carry ``?workflowType=machine_learning``: MLflow 3.17.2 lands a fresh browser
+    on the GenAI overview/traces whatever the experiment's tags say. If this starts failing after
+    an MLflow upgrade, the landing logic changed: revisit ``bench.mlflow_native``."""
+    base, exp = ui
+    open_fresh(browser, f"{base}/#/experiments/{exp}")
+    WebDriverWait(browser, PAGE_S).until(
+        lambda d: any(p in path_of(d.current_url) for p in ("/overview", "/traces", "/runs")))
+    assert any(p in path_of(browser.current_url) for p in ("/overview", "/traces")), browser.current_url
