@@ -8,15 +8,18 @@ Chromium, see ``tests/browser/test_mlflow_ui.py``):
 
 * **Landing page.** MLflow 3.17's UI keeps one *global* "workflow type" (GenAI vs. machine
   learning), taken from the ``?workflowType=`` query of the page URL, else from the browser's
-  localStorage key ``mlflow.workflowType_v1``, else ``genai``. Opening a bare experiment URL
-  (``#/experiments/<id>``) redirects to the Traces tab in GenAI mode -- an empty page for a
-  benchmark -- and to the Runs tab in machine-learning mode. The experiment tag
-  ``mlflow.experimentKind`` no longer decides this in 3.17 (the feature flag that switches
-  the per-experiment kind off is hard-wired on in the bundle), so every link we print carries
-  ``?workflowType=machine_learning`` (:func:`runs_table_url`, :func:`experiment_url`). The
-  tag is still set (:func:`experiment_tags`): it is what MLflow itself writes when a user
-  picks "Machine learning" for an experiment, older 3.x UIs read it to pick the landing
-  tab, and it costs nothing.
+  localStorage key ``mlflow.workflowType_v1`` (written when the user clicks the "GenAI" /
+  "Model training" switch at the top left), else ``genai``. Opening a bare experiment URL
+  (``#/experiments/<id>``) redirects to the GenAI Overview (trace usage charts) in GenAI
+  mode -- an empty page for a benchmark -- and to the Runs tab in machine-learning mode.
+  The experiment tag ``mlflow.experimentKind`` no longer decides this in 3.17.2: the
+  bundle's experiment-kind hook (``static/js/main.*.js``, the function that looks up
+  ``"mlflow.experimentKind"``) returns the global workflow type whenever a feature flag
+  that is hard-wired to ``()=>!0`` is on, and the landing redirect uses that hook. So every
+  link we print carries ``?workflowType=machine_learning`` (:func:`runs_table_url`,
+  :func:`experiment_url`). The tag is still set (:func:`experiment_tags`): it is what
+  MLflow itself writes when a user picks "Machine learning" for an experiment, older 3.x UIs
+  read it to pick the landing tab, and it costs nothing.
 * **Columns.** The runs table shows no metric or param column by default; a saved view
   (an experiment tag, :func:`saved_view_tag`) that the links open adds ``val_auc``,
   ``test_auc`` and the cell's key params.
@@ -105,7 +108,7 @@ def saved_view_tag(
         # name), and widths (the UI applies widths only to columns named in columnOrder)
         "selectedColumns": columns,
         "columnOrder": ["attributes.`Run Name`", "runDateAndNestInfo", *columns],
-        "columnWidths": {"attributes.`Run Name`": 250, "attributes.`Dataset`": 250},
+        "columnWidths": {"attributes.`Run Name`": 250, "attributes.`Dataset`": 290},
         "runsHiddenMode": "FIRST_10_RUNS", "viewMaximized": False,
         "runListHidden": False, "isAccordionReordered": False, "useGroupedValuesInCharts": True,
         "hideEmptyCharts": True, "groupBy": None, "groupsExpanded": {},
@@ -162,7 +165,7 @@ def dataset_input(
     each (name, digest), so every cell on the same file shares it;
     ``source``: the file path, stored as MLflow's ``local`` source JSON ``{"uri": path}`` so
     the dataset drawer prints ``Path: <source>``; ``context``: the split protocol / fold
-    (``official``, ``cv5-fold2``), shown as a pill next to the name (input tag
+    (``official``, ``cv5/fold2``), shown as a pill next to the name (input tag
     ``mlflow.data.context``). ``schema`` / ``profile``: optional dicts (stored as JSON,
     shown in the drawer), e.g. ``{"train": 546, "val": 78, "test": 156}`` as a profile.
     """
@@ -193,9 +196,9 @@ def parent_description(argv: Sequence[str]) -> str:
     return (
         f"Suite invocation: `{command}`\n\n"
         "Each nested run is one cell (dataset x objective x augmentation x seed x split); "
-        "expand this row to list them. The Dataset column shows the data file (flag, MD5) and "
-        "the split protocol/fold.\n\n"
-        f"Run the same command again to resume: finished cells are skipped, `--rerun` forces them."
+        "expand this row to list them. The Dataset column shows the data file (flag and the "
+        "first 8 digits of its MD5) and the split protocol/fold.\n\n"
+        "Run the same command again to resume: finished cells are skipped, `--rerun` forces them."
     )
 
 
@@ -219,9 +222,19 @@ def system_metrics(
     Yields the monitor (or None when disabled or unavailable); never raises for a monitoring
     problem, since losing system metrics must not fail a cell.
     """
-    if not enabled:
-        yield None
-        return
+    monitor = _start_monitor(run_id, tracking_uri, sampling_interval) if enabled else None
+    try:
+        yield monitor
+    finally:
+        if monitor is not None:
+            try:
+                monitor.finish()
+            except Exception as exc:
+                log.warning("stopping system metrics of run %s failed: %s", run_id, exc)
+
+
+def _start_monitor(run_id: str, tracking_uri: str | None, sampling_interval: float | None):
+    """A started ``SystemMetricsMonitor``, or None (with one warning) when it cannot run here."""
     try:
         import psutil  # noqa: F401  (MLflow's CPU monitor needs it; say so clearly)
         from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
@@ -231,18 +244,9 @@ def system_metrics(
             kwargs["sampling_interval"] = sampling_interval
         monitor = SystemMetricsMonitor(run_id, **kwargs)
         monitor.start()
+        return monitor
     except ImportError as exc:
         log.warning("system metrics are off: %s (pip install psutil; nvidia-ml-py for GPUs)", exc)
-        yield None
-        return
     except Exception as exc:  # a monitor that cannot start must not stop the cell
         log.warning("system metrics are off for run %s: %s", run_id, exc)
-        yield None
-        return
-    try:
-        yield monitor
-    finally:
-        try:
-            monitor.finish()
-        except Exception as exc:
-            log.warning("stopping system metrics of run %s failed: %s", run_id, exc)
+    return None

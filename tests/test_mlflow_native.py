@@ -48,13 +48,13 @@ def test_dataset_input_round_trips_through_log_inputs(client, tmp_path):
     run = client.create_run(exp).info.run_id
     path = str(tmp_path / "breastmnist.npz")
     md5 = "750601b1f35ba3300ea97c75c52ff8f6"
-    client.log_inputs(run, datasets=[N.dataset_input("breastmnist", md5, path, "cv5-fold2",
+    client.log_inputs(run, datasets=[N.dataset_input("breastmnist", md5, path, "cv5/fold2",
                                                      profile={"train": 546, "val": 78, "test": 156})])
     (inp,) = client.get_run(run).inputs.dataset_inputs
     assert (inp.dataset.name, inp.dataset.digest, inp.dataset.source_type) == ("breastmnist", md5[:8], "local")
     assert json.loads(inp.dataset.source) == {"uri": path}  # the UI's dataset drawer shows "Path: <uri>"
     assert json.loads(inp.dataset.profile) == {"train": 546, "val": 78, "test": 156, "md5": md5}
-    assert [(t.key, t.value) for t in inp.tags] == [("mlflow.data.context", "cv5-fold2")]
+    assert [(t.key, t.value) for t in inp.tags] == [("mlflow.data.context", "cv5/fold2")]
     assert client.get_experiment(exp).tags["mlflow.experimentKind"] == "custom_model_development"
 
 
@@ -93,3 +93,16 @@ def test_system_metrics_land_in_a_client_created_run(client):
     for key in ("system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"):
         assert key in metrics, sorted(metrics)
     assert len(client.get_metric_history(run, "system/cpu_utilization_percentage")) >= 2
+
+
+def test_system_metrics_that_cannot_start_do_not_fail_the_cell(client, monkeypatch, caplog):
+    import mlflow.system_metrics.system_metrics_monitor as smm
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no /proc here")
+
+    monkeypatch.setattr(smm, "SystemMetricsMonitor", broken)
+    run = client.create_run(client.create_experiment("e")).info.run_id
+    with caplog.at_level("WARNING"), N.system_metrics(run, enabled=True) as monitor:
+        assert monitor is None
+    assert "system metrics are off" in caplog.text

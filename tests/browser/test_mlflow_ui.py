@@ -7,7 +7,8 @@ a React single-page app, so every check waits for text in the live DOM (WebDrive
 never for a fixed time.
 
 Needs: ``apt-get install chromium chromium-driver`` and ``pip install selenium``; skipped
-with the reason otherwise. ``BENCH_SCREENSHOT=/path/shot.png`` saves the runs table as a
+with the reason otherwise. Runtime: 15-25 s on 2 shared CPU cores (server start 4-17 s, each
+page a few seconds), so it is not marked slow. ``BENCH_SCREENSHOT=/path/shot.png`` saves the runs table as a
 user sees it (parent row expanded). Everything started here is stopped here: the server by
 its process group, the browser by ``quit()`` (and its process tree if it outlives that).
 """
@@ -43,8 +44,6 @@ if not (CHROMIUM and CHROMEDRIVER):
     pytest.skip("chromium and chromedriver are not installed (apt-get install chromium chromium-driver)",
                 allow_module_level=True)
 
-pytestmark = pytest.mark.slow  # ~35-45 s on 2 shared CPU cores (server start + three page loads)
-
 SERVER_START_S = 90   # `mlflow ui` imports a lot; 2 busy cores can take a while
 PAGE_S = 60           # first render of the SPA (bundle parse + API calls)
 PARENT = "suite-smoke"
@@ -62,7 +61,7 @@ def _seed(uri: str, artifacts: Path) -> str:
     client = MlflowClient(uri)
     exp = client.create_experiment(
         "medauc-bench/smoke", artifact_location=str(artifacts / "smoke"),
-        tags=N.experiment_tags("smoke: BreastMNIST x {ce, aucm}, 1 seed, 2 epochs"))
+        tags=N.experiment_tags("smoke: BreastMNIST x {ce, aucm}, 1 seed -- browser-test fixture, illustrative numbers"))
     argv = ["bench", "suite", "smoke"]
     parent = client.create_run(exp, run_name=PARENT, tags={"bench_role": "suite", N.NOTE_TAG: N.parent_description(argv)})
     pid = parent.info.run_id
