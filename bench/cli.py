@@ -199,6 +199,32 @@ def suite(name, rerun, only, max_cells, dry_run, experiment, no_leaderboard, dat
         sys.exit(1)
 
 
+@main.command()
+@click.option("--suite", "suite_name", required=True, help="suite whose finished runs to score under shift")
+@click.option("--experiment", default=None, help="MLflow experiment (default: the suite's)")
+@click.option("--no-leaderboard", is_flag=True, help="do not regenerate the leaderboard at the end")
+@data_dir_opt
+@unverified_opt
+@progress_opt
+@user_errors
+def shift(suite_name, experiment, no_leaderboard, data_dir, allow_unverified_data, progress):
+    """Score a suite's FINISHED runs on corrupted test sets, from their checkpoints (no retraining)."""
+    from bench.config import load_suite
+    from bench.driver import data_fingerprint
+    from bench.shift.posthoc import run_shift
+    from bench.tracking import Tracker
+
+    suite = load_suite(suite_name)
+    tracker = Tracker(experiment or suite.experiment, reuse=suite.reuse)
+    runs = tracker.latest_runs(c.cell_id for c in suite.cells(data_fingerprint(data_dir)))
+    summary = run_shift(tracker, runs, data_dir, allow_unverified_data, _progress(progress))
+    click.echo(summary.table())
+    if not no_leaderboard and (summary.scored or summary.not_applicable):
+        from leaderboard.build import build_leaderboard
+
+        click.echo(f"wrote {build_leaderboard(suite.name, experiment=tracker.experiment_name, declared=suite)}")
+
+
 @main.command("list")
 def list_() -> None:
     """Datasets, models and objectives."""
@@ -233,8 +259,11 @@ def list_() -> None:
 @click.option("--from-csv", "from_csv", type=click.Path(dir_okay=False, exists=True), default=None,
               help="rebuild from a <suite>-runs.csv export instead of MLflow")
 @click.option("--experiment", default=None)
+@click.option("--generated-at", default=None, metavar="TEXT",
+              help="timestamp to print instead of now (regenerating a committed leaderboard byte for byte)")
+@click.option("--readme", is_flag=True, help="also refresh README.md's generated block of this suite's findings")
 @user_errors
-def leaderboard(suite_name, out_dir, from_csv, experiment):
+def leaderboard(suite_name, out_dir, from_csv, experiment, generated_at, readme):
     """Aggregate a suite's runs into leaderboard/<suite>.md (+ CSVs and charts)."""
     contradiction(bool(from_csv and experiment), "--from-csv and --experiment contradict each other: "
                   "a CSV export is not read from an MLflow experiment")
@@ -244,8 +273,13 @@ def leaderboard(suite_name, out_dir, from_csv, experiment):
     # a declared suite is read back by its cell ids (including cells reused from other suites);
     # runs of a suite whose file is gone are found by their bench_suite tag
     declared = load_suite(suite_name) if suite_name in available_suites() else None
-    path = build_leaderboard(suite_name, out_dir=out_dir, from_csv=from_csv, experiment=experiment, declared=declared)
+    path = build_leaderboard(suite_name, out_dir=out_dir, from_csv=from_csv, experiment=experiment, declared=declared,
+                             generated_at=generated_at)
     click.echo(f"wrote {path}")
+    if readme:
+        from leaderboard.findings import update_readme
+
+        click.echo(f"updated {update_readme(path.with_name(f'{suite_name}-findings.md'))}")
 
 
 @main.command()

@@ -140,6 +140,12 @@ class SuiteRunner:
         self.suite, self.tracker = suite, tracker
         self.data_root, self.allow_unverified = data_root, allow_unverified
         self.rerun, self.progress = rerun, progress
+        self.after_test = None
+        if suite.doc.get("shift"):  # score each selected model on corrupted test sets after its clean test
+            from bench.shift.scoring import after_test, require_backends
+
+            require_backends({c.dataset for c in suite.cells()})
+            self.after_test = after_test
         self.parent = None
         self.done_this_invocation: set[str] = set()
 
@@ -181,7 +187,7 @@ class SuiteRunner:
                 return res
             res = run_one(self.tracker, cell, self.suite.name, self.parent.run_id if self.parent else None, lock,
                           init_state=init_state, init_source=init_src, data_root=self.data_root,
-                          allow_unverified=self.allow_unverified, progress=self.progress)
+                          allow_unverified=self.allow_unverified, progress=self.progress, after_test=self.after_test)
         finally:
             lock.release()
         self.done_this_invocation.add(cell.cell_id)

@@ -155,6 +155,17 @@ class Tracker:
         runs = [r for r in runs if r.data.tags.get("bench_status") != "not_applicable"]
         return max(runs, key=lambda r: r.info.start_time) if runs else None
 
+    def latest_runs(self, cell_ids) -> list:
+        """The newest FINISHED run of each of ``cell_ids`` (any code; not-applicable cells left
+        out), in this experiment and the reused ones: the runs a leaderboard shows."""
+        wanted, newest = set(cell_ids), {}
+        for r in self._search("attributes.status = 'FINISHED' and tags.bench_role = 'cell'", reuse=True):
+            cid = r.data.tags.get("bench_cell_id")
+            if cid in wanted and r.data.tags.get("bench_status") != "not_applicable":
+                if cid not in newest or r.info.start_time > newest[cid].info.start_time:
+                    newest[cid] = r
+        return sorted(newest.values(), key=lambda r: r.info.start_time)
+
     def cell_lock(self, cell_id: str) -> Lock:
         return Lock(self.locks / f"{cell_id}.lock")
 

@@ -1,14 +1,20 @@
-"""Group statistics and paired DAM-vs-CE tests.
+"""Group statistics and paired comparisons against the controls.
 
-* Spread: sample standard deviation (ddof=1) over the runs of a group (seeds, and folds
-  for ``cv5``); the 95% CI is the t-interval mean +- t(0.975, n-1) * std / sqrt(n).
-  With n = 1 there is no spread: std and CI are NaN and rendered as "n/a".
-* Paired comparison: for every recipe other than the baseline (``ce``), runs are paired
-  with the baseline run of the same dataset, model, aug, protocol, seed and fold. We
-  report the mean paired difference of test AUC, the two-sided **Wilcoxon signed-rank**
-  test (exact distribution; scipy) and, for reference, the paired t-test. With n < 6
-  pairs the Wilcoxon test cannot reach p < 0.05 whatever the data (its smallest exact
-  two-sided p is 2/2^n), which the table says explicitly.
+Units of analysis. On the official split every run (one seed) is an independent unit. Under
+``cv5`` the five folds of one seed share most of their training data, so they are *not* five
+independent samples: each seed's folds are averaged first, and a cv5 group's n counts seeds
+(the fold count is shown beside it). Pairs are formed on the same unit (dataset, size, model,
+aug, protocol, seed). This is the "aggregate folds per seed first" remedy; the corrected
+resampled t-test (Nadeau & Bengio, 2003) would be the alternative.
+
+* Spread: sample standard deviation (ddof=1) over the units of a group; the 95% CI is the
+  t-interval mean +- t(0.975, n-1) * std / sqrt(n). With n = 1 there is no spread: NaN, shown
+  as "n/a".
+* Paired comparison: each treatment recipe vs each control (``ce_ft``, the budget-matched
+  fine-tuning control, and ``ce``), mean paired difference, wins/losses/ties, the two-sided
+  **Wilcoxon signed-rank** test (exact distribution; scipy) and the paired t-test for
+  reference. With n < 6 pairs an exact two-sided Wilcoxon p cannot be below 0.05 (its smallest
+  value is 2/2^n), which the table says.
 """
 from __future__ import annotations
 
@@ -16,10 +22,12 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-GROUP_KEYS = ["dataset", "recipe", "model", "aug", "protocol"]
-PAIR_KEYS = ["dataset", "model", "aug", "protocol", "seed", "fold"]
+GROUP_KEYS = ["dataset", "size", "recipe", "model", "aug", "protocol"]
+UNIT_KEYS = GROUP_KEYS + ["seed"]
+PAIR_KEYS = ["dataset", "size", "model", "aug", "protocol", "seed"]
 TEST_METRICS = ["test_auc", "test_auprc", "test_f1", "test_acc", "test_acc_tuned", "test_f1_tuned"]
-BASELINE = "ce"
+SHIFT_METRICS = ["shift_auc_mean", "shift_auc_drop"]
+DEFAULT_CONTROLS = ("ce_ft", "ce")
 WILCOXON_MIN_N = 6  # smallest n at which an exact two-sided Wilcoxon p can be < 0.05
 
 
@@ -29,38 +37,65 @@ def ci95(std: float, n: int) -> float:
     return float(stats.t.ppf(0.975, n - 1) * std / np.sqrt(n))
 
 
-def aggregate(runs: pd.DataFrame) -> pd.DataFrame:
-    """One row per group: n, mean, std (ddof=1) and 95% CI half-width of every test metric."""
+def metric_columns(runs: pd.DataFrame) -> list[str]:
+    """Every numeric result column a unit carries (test metrics, val AUC, shift metrics)."""
+    return [c for c in TEST_METRICS + ["val_auc"] if c in runs] + sorted(c for c in runs if c.startswith("shift_"))
+
+
+def units(runs: pd.DataFrame) -> pd.DataFrame:
+    """One row per independent unit: a run on the official split, a seed's fold mean under cv5."""
+    cols = metric_columns(runs)
     rows = []
-    for key, g in runs.groupby(GROUP_KEYS, sort=True):
+    for key, g in runs.groupby(UNIT_KEYS, sort=True):
+        row = dict(zip(UNIT_KEYS, key))
+        row.update({c: float(g[c].mean()) for c in cols})
+        row["n_folds"] = len(g)
+        row["objective"] = g["objective"].iloc[0]
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _code(g: pd.DataFrame) -> dict:
+    codes = sorted(set(g["code"]) - {""})
+    commits = sorted(set(g["commit"]) - {""})
+    return {"code": ",".join(c[:8] for c in codes) or "not recorded", "commits": ",".join(c[:7] for c in commits),
+            "mixed_code": len(codes) > 1 or (bool(codes) and (g["code"] == "").any()),
+            "dirty": bool(g["dirty"].any()), "no_code": not codes}
+
+
+def aggregate(runs: pd.DataFrame) -> pd.DataFrame:
+    """One row per group: n units, mean, std (ddof=1), 95% CI of every metric, and the code."""
+    u = units(runs)
+    rows = []
+    for key, g in u.groupby(GROUP_KEYS, sort=True):
         row = dict(zip(GROUP_KEYS, key))
-        row["n"] = len(g)
-        row["seeds"] = g["seed"].nunique()
-        row["epochs"] = int(g["epochs"].max())
-        row["unverified"] = bool((~g["data_verified"]).any())
-        for m in TEST_METRICS + ["val_auc"]:
+        r = runs[(runs[GROUP_KEYS] == pd.Series(row)).all(axis=1)]
+        row.update(n=len(g), n_runs=len(r), folds=int(g["n_folds"].max()), epochs=int(r["epochs"].max()),
+                   unverified=bool((~r["data_verified"]).any()), objective=g["objective"].iloc[0],
+                   finetune=bool((r["init_from"] != "").any()), **_code(r))
+        for m in metric_columns(u):
             vals = g[m].to_numpy(dtype=float)
-            mean = float(np.mean(vals))
+            vals = vals[np.isfinite(vals)]
+            mean = float(np.mean(vals)) if len(vals) else float("nan")
             std = float(np.std(vals, ddof=1)) if len(vals) > 1 else float("nan")
             row[f"{m}_mean"], row[f"{m}_std"], row[f"{m}_ci95"] = mean, std, ci95(std, len(vals))
         rows.append(row)
     agg = pd.DataFrame(rows)
     if agg.empty:
         return agg
-    # A group is incomplete when it has fewer runs than the fullest group of its protocol
-    # on the same dataset (e.g. 2 of 3 seeds finished).
-    expected = agg.groupby(["dataset", "protocol"])["n"].transform("max")
-    agg["expected_n"] = expected
-    agg["incomplete"] = agg["n"] < expected
+    # A group is incomplete when it has fewer units than the fullest group of its protocol on
+    # the same dataset (e.g. 2 of 3 seeds finished).
+    agg["expected_n"] = agg.groupby(["dataset", "protocol"])["n"].transform("max")
+    agg["incomplete"] = agg["n"] < agg["expected_n"]
     return agg
 
 
-def _paired_row(key: dict, d: np.ndarray) -> dict:
+def paired_row(key: dict, d: np.ndarray) -> dict:
     n = len(d)
     row = {**key, "n_pairs": n,
            "mean_diff": float(np.mean(d)) if n else float("nan"),
            "std_diff": float(np.std(d, ddof=1)) if n > 1 else float("nan"),
-           "wins": int((d > 0).sum()), "losses": int((d < 0).sum()),
+           "wins": int((d > 0).sum()), "losses": int((d < 0).sum()), "ties": int((d == 0).sum()),
            "wilcoxon_p": float("nan"), "ttest_p": float("nan")}
     if n >= 2 and np.any(d != 0):
         row["wilcoxon_p"] = float(stats.wilcoxon(d, alternative="two-sided", method="exact" if n <= 50 else "auto").pvalue)
@@ -75,34 +110,51 @@ def _paired_row(key: dict, d: np.ndarray) -> dict:
     return row
 
 
-def paired_vs_baseline(runs: pd.DataFrame, metric: str = "test_auc", baseline: str = BASELINE) -> pd.DataFrame:
-    """Each non-baseline recipe vs the baseline on identical (dataset, model, aug, protocol, seed, fold).
+def controls_in(runs: pd.DataFrame, controls=DEFAULT_CONTROLS) -> list[str]:
+    present = set(runs["recipe"])
+    return [c for c in controls if c in present]
 
-    A recipe that appears on two or more datasets also gets a pooled row (dataset
-    ``all (pooled)``): all its pairs together, a test of "does it help across datasets".
-    With exactly one DAM recipe per dataset, one more pooled row takes all pairs.
+
+def treatments(recipes, control: str, controls: list[str]) -> list[str]:
+    """Recipes compared with ``control``: every non-control recipe; against the last control
+    (the plainest baseline, ``ce``) the other controls too (e.g. ``ce_ft`` vs ``ce``)."""
+    others = [c for c in controls if c != control] if control == controls[-1] else []
+    return sorted(r for r in set(recipes) if r != control and (r not in controls or r in others))
+
+
+def paired(runs: pd.DataFrame, metric: str = "test_auc", controls=DEFAULT_CONTROLS, primary: str | None = None) -> pd.DataFrame:
+    """Each treatment vs each control on identical units (dataset, size, model, aug, protocol, seed).
+
+    Pooled rows (dataset ``all (pooled)``): a recipe present on two or more datasets pools its
+    pairs; and when every dataset has exactly one DAM treatment (objective other than ``ce``),
+    "each dataset's DAM recipe" pools those -- the pairs are then independent. That row against
+    ``primary`` is the primary endpoint (``primary = True``).
     """
-    base = runs[runs["recipe"] == baseline][PAIR_KEYS + [metric]].rename(columns={metric: "base"})
-    pairs = runs[runs["recipe"] != baseline][PAIR_KEYS + ["recipe", metric]].merge(base, on=PAIR_KEYS, how="inner")
-    pairs["d"] = pairs[metric] - pairs["base"]
+    u = units(runs)
+    if u.empty or metric not in u:
+        return pd.DataFrame()
+    ctrls = controls_in(runs, controls)
     rows = []
-    for (dataset, recipe, model, aug, protocol), g in runs[runs["recipe"] != baseline].groupby(
-        ["dataset", "recipe", "model", "aug", "protocol"], sort=True
-    ):
-        m = g[PAIR_KEYS + [metric]].merge(base, on=PAIR_KEYS, how="inner")
-        key = {"dataset": dataset, "recipe": recipe, "model": model, "aug": aug, "protocol": protocol}
-        rows.append(_paired_row(key, (m[metric] - m["base"]).to_numpy(dtype=float)))
-    for (recipe, aug, protocol), g in pairs.groupby(["recipe", "aug", "protocol"], sort=True):
-        if g["dataset"].nunique() >= 2:
-            key = {"dataset": "all (pooled)", "recipe": recipe, "model": "/".join(sorted(g["model"].unique())),
-                   "aug": aug, "protocol": protocol}
-            rows.append(_paired_row(key, g["d"].to_numpy(dtype=float)))
-    # A study pairs each dataset with one DAM recipe: then all pairs are independent and pool
-    # into one test of "the selected DAM recipes vs CE". Several recipes per dataset would reuse
-    # the same CE runs in several pairs, so no such row is made then.
-    per_dataset = pairs.groupby("dataset")["recipe"].nunique()
-    if len(per_dataset) >= 2 and (per_dataset == 1).all():
-        key = {"dataset": "all (pooled)", "recipe": "each dataset's DAM recipe",
-               "model": "/".join(sorted(pairs["model"].unique())), "aug": "as above", "protocol": "/".join(sorted(pairs["protocol"].unique()))}
-        rows.append(_paired_row(key, pairs["d"].to_numpy(dtype=float)))
+    for control in ctrls:
+        base = u[u["recipe"] == control][PAIR_KEYS + [metric]].rename(columns={metric: "base"})
+        treated = u[u["recipe"].isin(treatments(u["recipe"], control, ctrls))]
+        pairs = treated[PAIR_KEYS + ["recipe", "objective", metric]].merge(base, on=PAIR_KEYS, how="inner")
+        pairs["d"] = pairs[metric] - pairs["base"]
+        for (dataset, size, recipe, model, aug, protocol), g in pairs.groupby(
+                ["dataset", "size", "recipe", "model", "aug", "protocol"], sort=True):
+            key = {"control": control, "dataset": dataset, "size": size, "recipe": recipe, "model": model, "aug": aug,
+                   "protocol": protocol, "primary": False}
+            rows.append(paired_row(key, g["d"].to_numpy(dtype=float)))
+        for (recipe, aug, protocol), g in pairs.groupby(["recipe", "aug", "protocol"], sort=True):
+            if g["dataset"].nunique() >= 2:
+                key = {"control": control, "dataset": "all (pooled)", "size": "", "recipe": recipe,
+                       "model": "/".join(sorted(g["model"].unique())), "aug": aug, "protocol": protocol, "primary": False}
+                rows.append(paired_row(key, g["d"].to_numpy(dtype=float)))
+        dam = pairs[pairs["objective"] != "ce"]
+        per_dataset = dam.groupby("dataset")["recipe"].nunique()
+        if len(per_dataset) >= 2 and (per_dataset == 1).all():
+            key = {"control": control, "dataset": "all (pooled)", "size": "", "recipe": "each dataset's DAM recipe",
+                   "model": "/".join(sorted(dam["model"].unique())), "aug": "as above",
+                   "protocol": "/".join(sorted(dam["protocol"].unique())), "primary": control == primary}
+            rows.append(paired_row(key, dam["d"].to_numpy(dtype=float)))
     return pd.DataFrame(rows)

@@ -13,12 +13,14 @@ import pandas as pd
 
 from bench.errors import BenchError
 from bench.evaluate import METRICS as METRIC_NAMES  # one definition of the metric set
-KEEP_PARAMS = ("dataset", "recipe", "objective", "model", "aug", "seed", "protocol", "fold", "epochs", "batch_size",
-               "init_from", "precision", "ema", "seeds")
-KEEP_TAGS = ("bench_cell_id", "bench_group_id", "bench_suite", "bench_status", "bench_git_commit", "data_md5",
-             "data_verified", "positive_label", "precision", "bench_version", "bench_role", "bench_members")
+KEEP_PARAMS = ("dataset", "size", "recipe", "objective", "model", "aug", "seed", "protocol", "fold", "epochs",
+               "batch_size", "init_from", "precision", "ema", "swa", "tta", "seeds")
+KEEP_TAGS = ("bench_cell_id", "bench_group_id", "bench_suite", "bench_status", "bench_git_commit", "bench_git_dirty",
+             "bench_code_digest", "data_md5", "data_verified", "positive_label", "sampler_label", "precision",
+             "bench_version", "bench_role", "bench_members", "shift_status")
 KEEP_METRICS = tuple(f"{s}_{m}" for s in ("val", "test") for m in METRIC_NAMES) + ("best_epoch", "train_seconds")
 ENSEMBLE_METRICS = ("test_auc_lo", "test_auc_hi", "n_models")
+SHIFT_PREFIX = "metrics.shift_"  # per-corruption names are dynamic (bench.shift.metrics)
 
 
 def export_frame(raw: pd.DataFrame) -> pd.DataFrame:
@@ -27,6 +29,7 @@ def export_frame(raw: pd.DataFrame) -> pd.DataFrame:
     cols += [f"params.{p}" for p in KEEP_PARAMS]
     cols += [f"tags.{t}" for t in KEEP_TAGS]
     cols += [f"metrics.{m}" for m in KEEP_METRICS + ENSEMBLE_METRICS]
+    cols += sorted(c for c in raw.columns if c.startswith(SHIFT_PREFIX) and c != "metrics.shift_seconds")
     out = pd.DataFrame({c: (raw[c] if c in raw.columns else np.nan) for c in cols})
     out["start_time"] = pd.to_datetime(out["start_time"], utc=True).dt.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     return out.sort_values(["start_time", "run_id"]).reset_index(drop=True)
@@ -48,7 +51,8 @@ def declared_cell_ids(declared, raw: pd.DataFrame) -> set[str]:
     flags = {c.dataset for c in declared.cells()}
     for flag in flags:
         for md5 in md5s.get(flag, set()) | {get_spec(flag).md5}:
-            ids |= {i for c in declared.cells(lambda f, m=md5: m) if c.dataset == flag for i in (c.cell_id, c.group_id)}
+            cells = declared.cells(lambda f, size=None, m=md5: m)
+            ids |= {i for c in cells if c.dataset == flag for i in (c.cell_id, c.group_id)}
     return ids
 
 
@@ -96,7 +100,9 @@ def roundtrip(frame: pd.DataFrame) -> pd.DataFrame:
 
 def read_csv(path_or_buf) -> pd.DataFrame:
     try:
-        df = pd.read_csv(path_or_buf, dtype={"params.fold": str, "params.init_from": str, "tags.bench_status": str})
+        df = pd.read_csv(path_or_buf, dtype={"params.fold": str, "params.init_from": str, "tags.bench_status": str,
+                                              "params.aug": str, "tags.bench_code_digest": str,
+                                              "tags.bench_git_commit": str, "tags.bench_git_dirty": str})
     except (OSError, ValueError, pd.errors.ParserError) as exc:
         raise BenchError(f"cannot read runs CSV {path_or_buf}: {exc}") from None
     missing = {"run_id", "params.dataset", "tags.bench_cell_id", "metrics.test_auc"} - set(df.columns)
@@ -109,6 +115,20 @@ def _bool(s: pd.Series) -> pd.Series:
     return s.astype(str).str.lower().isin(["true", "1", "yes"])
 
 
+def _aug(s: pd.Series) -> pd.Series:
+    """Augmentation names (off/on/medmnistc); runs logged before names existed say True/False."""
+    s = s.astype(str)
+    return s.str.lower().map({"true": "on", "false": "off"}).fillna(s)
+
+
+def _col(df: pd.DataFrame, name: str, default="") -> pd.Series:
+    return df[name] if name in df.columns else pd.Series(default, index=df.index)
+
+
+def _size(df: pd.DataFrame) -> pd.Series:
+    return pd.to_numeric(_col(df, "params.size", np.nan), errors="coerce").fillna(28).astype(int)
+
+
 def _is_ensemble(export: pd.DataFrame) -> pd.Series:
     if "tags.bench_role" not in export.columns:  # exports made before ensembles existed
         return pd.Series(False, index=export.index)
@@ -119,10 +139,10 @@ def ensembles(export: pd.DataFrame) -> pd.DataFrame:
     """Typed table of seed-ensemble runs: the newest per group (dataset, recipe, model, aug)."""
     df = export[_is_ensemble(export)].sort_values("start_time").drop_duplicates("tags.bench_group_id", keep="last")
     if df.empty:
-        return pd.DataFrame(columns=["dataset", "recipe", "model", "aug", "seeds", "data_verified"])
+        return pd.DataFrame(columns=["dataset", "size", "recipe", "model", "aug", "seeds", "data_verified"])
     out = pd.DataFrame({
-        "dataset": df["params.dataset"].astype(str), "recipe": df["params.recipe"].astype(str),
-        "model": df["params.model"].astype(str), "aug": _bool(df["params.aug"]),
+        "dataset": df["params.dataset"].astype(str), "size": _size(df), "recipe": df["params.recipe"].astype(str),
+        "model": df["params.model"].astype(str), "aug": _aug(df["params.aug"]),
         "seeds": df["params.seeds"].astype(str), "data_verified": _bool(df["tags.data_verified"]),
     })
     for m in KEEP_METRICS + ENSEMBLE_METRICS:
@@ -135,24 +155,32 @@ def tidy(export: pd.DataFrame) -> pd.DataFrame:
     df = export[~_is_ensemble(export)].copy()
     df = df[df["tags.bench_status"].fillna("finished") != "not_applicable"]
     df = df.sort_values("start_time").drop_duplicates("tags.bench_cell_id", keep="last")
+    commit = _col(df, "tags.bench_git_commit").fillna("").astype(str)
     out = pd.DataFrame({
         "run_id": df["run_id"],
         "start_time": df["start_time"],
         "cell_id": df["tags.bench_cell_id"],
         "group_id": df["tags.bench_group_id"],
         "dataset": df["params.dataset"].astype(str),
+        "size": _size(df),
         "recipe": df["params.recipe"].astype(str),
         "objective": df["params.objective"].astype(str),
+        "init_from": _col(df, "params.init_from").fillna("").astype(str),
         "model": df["params.model"].astype(str),
-        "aug": _bool(df["params.aug"]),
+        "aug": _aug(df["params.aug"]),
         "seed": pd.to_numeric(df["params.seed"]).astype(int),
         "protocol": df["params.protocol"].astype(str),
         "fold": pd.to_numeric(df["params.fold"], errors="coerce").fillna(-1).astype(int),
         "epochs": pd.to_numeric(df["params.epochs"]).astype(int),
         "data_verified": _bool(df["tags.data_verified"]),
         "data_md5": df["tags.data_md5"].astype(str),
-        "commit": df["tags.bench_git_commit"].fillna("").astype(str),
+        # which code produced the run (bench.provenance); runs before digests existed have none
+        "code": _col(df, "tags.bench_code_digest").fillna("").astype(str).replace("nan", ""),
+        "commit": commit.str.replace("-dirty", "", regex=False),
+        "dirty": _bool(_col(df, "tags.bench_git_dirty", "false")) | commit.str.endswith("-dirty"),
     })
     for m in KEEP_METRICS:
         out[m] = pd.to_numeric(df[f"metrics.{m}"], errors="coerce")
+    for c in sorted(c for c in df.columns if c.startswith(SHIFT_PREFIX)):
+        out[c[len("metrics."):]] = pd.to_numeric(df[c], errors="coerce")
     return out.sort_values(["dataset", "recipe", "aug", "protocol", "seed", "fold"]).reset_index(drop=True)

@@ -8,11 +8,18 @@ import pandas as pd
 import yaml
 
 from leaderboard.aggregate import TEST_METRICS
+from leaderboard.format import fmt, fmt_p, signed, table
 
 REFERENCE = Path(__file__).with_name("reference.yaml")
 COLUMNS = {  # metric -> header; every metric here is higher-is-better
     "test_auc": "test AUC", "test_auprc": "AUPRC", "test_f1": "F1", "test_acc": "ACC",
     "test_acc_tuned": "ACC (val thr.)", "test_f1_tuned": "F1 (val thr.)",
+}
+CONTROL_TEXT = {
+    "ce_ft": "the budget-matched control `ce_ft` (same CE checkpoint, fine-tuning epochs, schedule and epoch-0 "
+             "gating, CE loss): the difference is what the AUC loss adds",
+    "ce": "`ce` (the CE model the fine-tuning recipes start from): the difference also contains the extra "
+          "fine-tuning epochs and the extra validation-selected candidate",
 }
 
 
@@ -20,151 +27,234 @@ def load_reference() -> dict:
     return yaml.safe_load(REFERENCE.read_text())
 
 
-def paper_rows(ref: dict, dataset: str) -> tuple[tuple[str, float, float], tuple[str, float, float]]:
-    """(like-for-like row, best-AUC row) of the paper table for ``dataset``."""
-    table = ref["results"][dataset]
-    lfl = ref["like_for_like"]["3d" if dataset.endswith("3d") else "2d"]
-    best = max(table, key=lambda k: table[k][0])
-    return (lfl, *table[lfl]), (best, *table[best])
+def paper_row(ref: dict, dataset: str, model: str, size: int) -> tuple[str, float, float, bool] | None:
+    """(paper row, AUC, ACC, like-for-like) for a group, or None when the paper has no such row.
+
+    The row is the paper model our model is (``ModelInfo.paper``) at the input size the paper
+    used for it; a light variant gets its full model's row with like-for-like False.
+    """
+    from bench.models import MODELS, model_info
+
+    table_ = (ref.get("results") or {}).get(dataset)
+    if not table_ or model not in MODELS:
+        return None
+    info = model_info(model)
+    if info.paper not in table_ or ref.get("row_sizes", {}).get(info.paper, 28) != size:
+        return None
+    auc, acc = table_[info.paper]
+    return info.paper, auc, acc, info.paper_faithful
 
 
-def fmt(mean: float, std: float, digits: int = 3) -> str:
-    if not np.isfinite(mean):
-        return "n/a"
-    s = f"{mean:.{digits}f}"
-    return f"{s} ± {std:.{digits}f}" if np.isfinite(std) else f"{s} ± n/a"
+def best_row(ref: dict, dataset: str) -> tuple[str, float, float] | None:
+    table_ = (ref.get("results") or {}).get(dataset)
+    if not table_:
+        return None
+    best = max(table_, key=lambda k: table_[k][0])
+    return best, *table_[best]
 
 
-def fmt_p(p: float) -> str:
-    if not np.isfinite(p):
-        return "n/a"
-    return f"{p:.3f}" if p >= 0.001 else "<0.001"
+def _aug(value) -> str:
+    return value if isinstance(value, str) else ("on" if value else "off")
 
 
-def _signed(x: float) -> str:
-    return "n/a" if not np.isfinite(x) else f"{x:+.3f}"
+def _code(r) -> str:
+    text = r["code"]
+    flags = [w for w, on in (("mixed code", r["mixed_code"]), ("dirty tree", r["dirty"]),
+                             ("code not recorded", r["no_code"])) if on]
+    return text + (f" ⚠ {', '.join(flags)}" if flags and text != "not recorded" else (" ⚠" if flags else ""))
 
 
-def dataset_table(agg: pd.DataFrame, ref: dict, dataset: str, protocol: str) -> str:
-    g = agg[(agg["dataset"] == dataset) & (agg["protocol"] == protocol)].copy()
+def dataset_table(agg: pd.DataFrame, ref: dict, dataset: str, size: int, protocol: str) -> str:
+    g = agg[(agg["dataset"] == dataset) & (agg["size"] == size) & (agg["protocol"] == protocol)]
     if g.empty:
         return ""
-    (lfl_name, lfl_auc, lfl_acc), _ = paper_rows(ref, dataset)
     best = {m: g[f"{m}_mean"].max() for m in TEST_METRICS}
-    head = ["objective", "model", "aug", "n", "val AUC", COLUMNS["test_auc"], "AUC 95% CI"] + [COLUMNS[m] for m in TEST_METRICS[1:]]
+    head = ["objective", "model", "aug", "n", "val AUC", COLUMNS["test_auc"], "AUC 95% CI"] + \
+           [COLUMNS[m] for m in TEST_METRICS[1:]]
     if protocol == "official":
-        head += [f"Δ AUC vs {lfl_name}", f"Δ ACC vs {lfl_name}"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * 4 + ["---:"] * (len(head) - 4)) + "|"]
-    paper_models = ref["paper_models"]
+        head += ["paper row", "Δ AUC", "Δ ACC"]
+    head += ["code"]
     best_val = g["val_auc_mean"].max()
+    rows = []
     for _, r in g.sort_values(["recipe", "aug", "model"]).iterrows():
-        n = f"{r['n']}" if not r["incomplete"] else f"{r['n']}/{r['expected_n']} (incomplete)"
+        paper = paper_row(ref, dataset, r["model"], size)
+        n = f"{r['n']}" if protocol == "official" else f"{r['n']} seeds × {r['folds']} folds"
+        if r["incomplete"]:
+            n += f" of {r['expected_n']} (incomplete)"
         if r["unverified"]:
             n += " ‡"
-        cells = [r["recipe"], r["model"] + ("" if r["model"] in paper_models else " †"), "on" if r["aug"] else "off", n]
+        light = paper is not None and not paper[3]
+        cells = [r["recipe"], r["model"] + (" †" if light else ""), _aug(r["aug"]), n]
         val = fmt(r["val_auc_mean"], r["val_auc_std"], 4)  # what recipe selection may look at: 4 digits
         cells.append(f"_{val}_" if np.isclose(r["val_auc_mean"], best_val) else val)
         for m in TEST_METRICS:
             text = fmt(r[f"{m}_mean"], r[f"{m}_std"])
             cells.append(f"**{text}**" if np.isclose(r[f"{m}_mean"], best[m]) else text)
             if m == "test_auc":
-                h = r["test_auc_ci95"]
-                m_ = r["test_auc_mean"]
+                h, m_ = r["test_auc_ci95"], r["test_auc_mean"]
                 cells.append(f"[{m_ - h:.3f}, {m_ + h:.3f}]" if np.isfinite(h) else "n/a (n=1)")
         if protocol == "official":
-            cells += [_signed(r["test_auc_mean"] - lfl_auc), _signed(r["test_acc_mean"] - lfl_acc)]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+            cells += ([f"{paper[0]}{' †' if light else ''}", signed(r["test_auc_mean"] - paper[1]),
+                       signed(r["test_acc_mean"] - paper[2])] if paper else ["—", "—", "—"])
+        cells.append(_code(r))
+        rows.append(cells)
+    return table(head, rows, 4)
 
 
-def paired_table(paired: pd.DataFrame) -> str:
-    if paired.empty:
-        return "_No DAM-vs-CE pairs: the suite has no `ce` cells matching the DAM cells._"
-    head = ["dataset", "objective", "model", "aug", "protocol", "pairs", "mean Δ test AUC (DAM − CE)",
-            "wins/losses", "Wilcoxon p", "paired t p", "note"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * 5 + ["---:"] * 5 + ["---"]) + "|"]
-    for _, r in paired.iterrows():
-        lines.append("| " + " | ".join([
-            r["dataset"], r["recipe"], r["model"], r["aug"] if isinstance(r["aug"], str) else ("on" if r["aug"] else "off"),
-            r["protocol"], str(r["n_pairs"]),
-            fmt(r["mean_diff"], r["std_diff"]), f"{r['wins']}/{r['losses']}", fmt_p(r["wilcoxon_p"]),
-            fmt_p(r["ttest_p"]), r["note"] or "",
-        ]) + " |")
-    return "\n".join(lines)
+def paired_table(paired: pd.DataFrame, control: str, metric_label: str = "test AUC") -> str:
+    p = paired[paired["control"] == control] if not paired.empty else paired
+    if p.empty:
+        return f"_No pairs against `{control}`._"
+    head = ["dataset", "objective", "model", "aug", "protocol", "pairs", f"mean Δ {metric_label} (recipe − {control})",
+            "wins/losses/ties", "Wilcoxon p", "paired t p", "note"]
+    rows = []
+    for _, r in p.iterrows():
+        name = f"**{r['recipe']} (primary endpoint)**" if r["primary"] else r["recipe"]
+        rows.append([r["dataset"], name, r["model"], _aug(r["aug"]), r["protocol"], str(r["n_pairs"]),
+                     fmt(r["mean_diff"], r["std_diff"]), f"{r['wins']}/{r['losses']}/{r['ties']}",
+                     fmt_p(r["wilcoxon_p"]), fmt_p(r["ttest_p"]), r["note"] or ""])
+    return table(head, rows, 5).replace("|---:|---|\n", "|---:|---|\n")
 
 
-def ensemble_table(ens: pd.DataFrame, dataset: str, lfl_auc: float) -> str:
-    g = ens[ens["dataset"] == dataset]
+def ensemble_table(ens: pd.DataFrame, dataset: str, size: int, ref: dict) -> str:
+    g = ens[(ens["dataset"] == dataset) & (ens["size"] == size)]
     if g.empty:
         return ""
     head = ["objective", "model", "aug", "models (seeds)", "test AUC", "bootstrap 95% CI", "AUPRC", "ACC",
-            "ACC (val thr.)", "val AUC", "Δ AUC vs paper"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * 4 + ["---:"] * (len(head) - 4)) + "|"]
+            "ACC (val thr.)", "val AUC", "Δ AUC vs paper row"]
+    rows = []
     for _, r in g.iterrows():
-        lines.append("| " + " | ".join([
-            r["recipe"], r["model"], "on" if r["aug"] else "off",
-            f"{int(r['n_models'])} ({r['seeds']})" + ("" if r["data_verified"] else " ‡"),
-            f"{r['test_auc']:.3f}", f"[{r['test_auc_lo']:.3f}, {r['test_auc_hi']:.3f}]", f"{r['test_auprc']:.3f}",
-            f"{r['test_acc']:.3f}", f"{r['test_acc_tuned']:.3f}", f"{r['val_auc']:.3f}", _signed(r["test_auc"] - lfl_auc),
-        ]) + " |")
-    return "\n".join(lines)
+        paper = paper_row(ref, dataset, r["model"], size)
+        rows.append([r["recipe"], r["model"], _aug(r["aug"]),
+                     f"{int(r['n_models'])} ({r['seeds']})" + ("" if r["data_verified"] else " ‡"),
+                     f"{r['test_auc']:.3f}", f"[{r['test_auc_lo']:.3f}, {r['test_auc_hi']:.3f}]", f"{r['test_auprc']:.3f}",
+                     f"{r['test_acc']:.3f}", f"{r['test_acc_tuned']:.3f}", f"{r['val_auc']:.3f}",
+                     signed(r["test_auc"] - paper[1]) if paper else "—"])
+    return table(head, rows, 4)
 
 
-def markdown(suite: str, runs: pd.DataFrame, agg: pd.DataFrame, paired: pd.DataFrame, generated_at: str,
-             commit: str, charts: dict | None = None, ensembles: pd.DataFrame | None = None) -> str:
-    ref = load_reference()
+def code_line(runs: pd.DataFrame) -> str:
+    codes = sorted(set(runs["code"]) - {""})
+    commits = sorted(set(runs["commit"]) - {""})
+    parts = [f"code digest{'s' if len(codes) != 1 else ''} " + (", ".join(f"`{c}`" for c in codes) or "not recorded")]
+    if (runs["code"] == "").any() and codes:
+        parts.append(f"{int((runs['code'] == '').sum())} run(s) without a digest")
+    parts.append(f"commit{'s' if len(commits) != 1 else ''} " + (", ".join(f"`{c[:7]}`" for c in commits) or "unknown"))
+    if runs["dirty"].any():
+        parts.append(f"**{int(runs['dirty'].sum())} run(s) from a dirty tree**")
+    return "; ".join(parts)
+
+
+def dataset_header(ref: dict, dataset: str, size: int, models) -> str:
+    best = best_row(ref, dataset)
+    rows = {p[0]: p for p in (paper_row(ref, dataset, m, size) for m in models) if p}
+    if not best:
+        return "The paper has no row for this dataset: Δ columns show —."
+    text = "; ".join(f"**{name}** {auc:.3f} / {acc:.3f}" + ("" if lfl else " (stood in for by a light variant †)")
+                     for name, auc, acc, lfl in rows.values())
+    text = f"Paper test AUC / ACC of our models' rows: {text}" if text else \
+        f"No paper row matches these models at {size} px (Δ columns show —)"
+    return f"{text}; best of the paper table **{best[0]}** {best[1]:.3f} / {best[2]:.3f}."
+
+
+def header(suite: str, runs: pd.DataFrame, generated_at: str, ref: dict) -> list[str]:
     n_unverified = int((~runs["data_verified"]).sum())
     out = [
         f"# Leaderboard: suite `{suite}`",
         "",
         "<!-- generated by `bench leaderboard` from MLflow runs — do not edit by hand -->",
         f"_Generated — do not edit._ Suite **{suite}**, **{len(runs)} runs** (newest FINISHED run per cell), "
-        f"code commit `{commit or 'unknown'}`, generated {generated_at}.",
+        f"generated {generated_at}.",
         "",
-        "How to read this: every number is **mean ± std (ddof=1) over n runs** (seeds; × folds for 5-fold CV); "
-        "the AUC 95% CI is the t-interval mean ± t(0.975, n−1)·std/√n. "
+        f"Which code produced these runs: {code_line(runs)}. The `code` column gives each group's digest of the "
+        "training code (`bench.provenance`); ⚠ flags a group that mixes digests, ran from a dirty tree or has "
+        "runs older than digests.",
+        "",
+        "How to read this: every number is **mean ± std (ddof=1) over n units** with the t-interval 95% CI "
+        "mean ± t(0.975, n−1)·std/√n. A unit is one run (seed) on the official split; under 5-fold CV the five "
+        "folds of a seed share training data, so they are averaged first and a unit is a seed (n counts seeds). "
         "Selection of epoch and thresholds used validation data only; the test split was scored once per run. "
-        "AUC and ACC follow `medmnist.Evaluator` (ACC at 0.5). AUPRC and F1 are for the minority class of the "
-        "training split (label 0 for Breast/Pneumonia/Synapse, label 1 otherwise; ChestMNIST: each finding). "
-        "\"val thr.\" columns use a threshold chosen on validation (max val ACC, resp. max val F1). "
-        "Bold: best mean of the column for the dataset. \"val AUC\" is the selected models' validation AUC, the "
-        "only number a choice between recipes may use (italic: best).",
+        "AUC and ACC follow `medmnist.Evaluator` (ACC at 0.5). AUPRC and F1 are for the clinically positive class "
+        "(malignant, pneumonia, nodule malignancy, adrenal mass, aneurysm; Synapse, which has no disease class: the "
+        "minority class; ChestMNIST: each finding). \"val thr.\" columns use a threshold chosen on validation (max "
+        "val ACC, resp. max val F1). Bold: best mean of the column for the dataset. \"val AUC\" is the selected "
+        "models' validation AUC, the only number a choice between recipes may use (italic: best).",
         "",
-        f"Paper reference: {ref['source']}. Δ columns compare with the like-for-like paper row (ResNet-18 (28) "
-        "for 2D, ResNet-18+3D for 3D) on the official split; the paper reports AUC and ACC only. "
-        "† marks a model that is **not** the paper's architecture (e.g. a light 3D variant): its Δ is not "
-        "like-for-like. ‡ marks groups with unverified data (MD5 differs from the official file).",
+        f"Paper reference: {ref['source']}. \"paper row\" is the row of the model each group uses (like-for-like "
+        "when the model is the paper's architecture at the paper's input size); Δ compares with it on the official "
+        "split; the paper reports AUC and ACC only. † marks a light variant that only stands in for that "
+        "architecture: its Δ is **not** like-for-like. ‡ marks groups with unverified data (MD5 differs from the "
+        "official file).",
     ]
     if n_unverified:
         out += ["", f"**Warning:** {n_unverified} run(s) used data whose MD5 differs from the official file."]
-    for dataset in sorted(runs["dataset"].unique()):
-        (lfl, lfl_auc, lfl_acc), (best, best_auc, best_acc) = paper_rows(ref, dataset)
-        out += ["", f"## {dataset}", "",
-                f"Paper test AUC / ACC: like-for-like **{lfl}** {lfl_auc:.3f} / {lfl_acc:.3f}; "
-                f"best of the paper table **{best}** {best_auc:.3f} / {best_acc:.3f}."]
+    return out
+
+
+def markdown(suite: str, runs: pd.DataFrame, agg: pd.DataFrame, paired: pd.DataFrame, generated_at: str,
+             charts: dict | None = None, ensembles: pd.DataFrame | None = None, shift: dict | None = None,
+             extra: list[str] | None = None) -> str:
+    """``shift``: {'tables': {dataset: md}, 'paired': DataFrame, 'charts': {dataset: png}} (optional).
+    ``extra``: generated sections placed after the header (findings, search record)."""
+    ref = load_reference()
+    out = header(suite, runs, generated_at, ref) + (extra or [])
+    for (dataset, size), g in runs.groupby(["dataset", "size"], sort=True):
+        title = dataset if size == 28 else f"{dataset} ({size} px)"
+        out += ["", f"## {title}", "", dataset_header(ref, dataset, size, sorted(g["model"].unique()))]
         if dataset == "chestmnist":
             out += ["", "ChestMNIST ACC is dominated by the all-negative rate (≈ 0.947 of labels are 0): "
                         "an ACC near 0.947 says nothing about the model."]
-        official = dataset_table(agg, ref, dataset, "official")
+        official = dataset_table(agg, ref, dataset, size, "official")
         if official:
             out += ["", "### Official split", "", official]
-        ens = ensemble_table(ensembles, dataset, lfl_auc) if ensembles is not None else ""
+        ens = ensemble_table(ensembles, dataset, size, ref) if ensembles is not None else ""
         if ens:
             out += ["", "### Seed ensembles (official split)", "",
                     "Each row is **one model**: the average of the listed seeds' selected models (the single-model "
                     "rows above), thresholds tuned on the averaged validation scores. Not comparable with the "
                     "single-model rows, and not with the paper's single models; its spread is a bootstrap 95% "
                     "interval over test images (2,000 resamples), not over training runs.", "", ens]
-        cv = dataset_table(agg, ref, dataset, "cv5")
+        cv = dataset_table(agg, ref, dataset, size, "cv5")
         if cv:
-            out += ["", "### 5-fold CV on train ∪ val (official test split; no paper counterpart)", "", cv]
+            out += ["", "### 5-fold CV on train ∪ val (official test split; no paper counterpart)", "",
+                    "n counts seeds: each seed's 5 folds are averaged first (they share training data).", "", cv]
+        if shift and dataset in shift.get("tables", {}):
+            out += ["", "### Under shift (corrupted test sets)", "", shift["tables"][dataset]]
+            if dataset in shift.get("charts", {}):
+                out += ["", f"![AUC vs severity, {dataset}]({shift['charts'][dataset]})"]
         if charts and dataset in charts:
             out += ["", f"![test AUC, {dataset}]({charts[dataset]})"]
-    out += ["", "## Paired comparison: each DAM objective vs `ce`", "",
-            "Pairs share dataset, model, aug, protocol, seed and fold. Test: two-sided Wilcoxon signed-rank "
-            "(exact); the paired t-test is shown for reference. With fewer than 6 pairs the Wilcoxon test "
-            "cannot reach p < 0.05, so such rows are descriptive only.", "", paired_table(paired), ""]
+    controls = list(dict.fromkeys(paired["control"])) if not paired.empty else []
+    out += ["", "## Paired comparisons", "",
+            "Pairs share dataset, size, model, aug, protocol and seed (cv5: the seed's fold mean). Test: two-sided "
+            "Wilcoxon signed-rank (exact); the paired t-test is shown for reference. With fewer than 6 pairs the "
+            "Wilcoxon test cannot reach p < 0.05, so such rows are descriptive only. Pooled rows take pairs of "
+            "several datasets; \"each dataset's DAM recipe\" pools one DAM recipe per dataset, so its pairs are "
+            "independent."]
+    if not controls:
+        out += ["", "_No pairs: the suite has no control recipe (`ce` or `ce_ft`) matching the other cells._"]
+    for control in controls:
+        out += ["", f"### Against `{control}`", "", f"Compared with {CONTROL_TEXT.get(control, f'`{control}`')}.", "",
+                paired_table(paired, control)]
+    if shift and shift.get("paired") is not None and not shift["paired"].empty:
+        out += ["", "## Paired comparisons under shift (corrupted AUC, mean over corruptions and severities)"]
+        for control in dict.fromkeys(shift["paired"]["control"]):
+            out += ["", f"### Against `{control}`", "", paired_table(shift["paired"], control, "corrupted AUC")]
+    out.append("")
     return "\n".join(out)
+
+
+def chart_data(agg: pd.DataFrame, dataset: str) -> tuple[list[str], dict]:
+    """(recipes on the x axis, {aug: (means, stds)}) that :func:`chart` draws (official split if any)."""
+    g = agg[(agg["dataset"] == dataset) & (agg["protocol"] == "official")]
+    if g.empty:
+        g = agg[agg["dataset"] == dataset]
+    recipes = sorted(g["recipe"].unique())
+    bars = {}
+    for aug in sorted(g["aug"].unique(), key=str):
+        sub = g[g["aug"] == aug].groupby("recipe").agg(m=("test_auc_mean", "max"), s=("test_auc_std", "max"))
+        bars[aug] = ([sub["m"].get(r, np.nan) for r in recipes], [np.nan_to_num(sub["s"].get(r, np.nan)) for r in recipes])
+    return recipes, bars
 
 
 def chart(agg: pd.DataFrame, dataset: str, ref: dict, path: Path) -> None:
@@ -173,23 +263,25 @@ def chart(agg: pd.DataFrame, dataset: str, ref: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    g = agg[(agg["dataset"] == dataset) & (agg["protocol"] == "official")]
-    if g.empty:
-        g = agg[agg["dataset"] == dataset]
-    recipes = sorted(g["recipe"].unique())
+    recipes, bars = chart_data(agg, dataset)
     x = np.arange(len(recipes))
     fig, ax = plt.subplots(figsize=(max(6.5, 1.1 * len(recipes) + 4), 3.6))
-    width = 0.38
-    for k, (aug, color) in enumerate([(False, "#4C72B0"), (True, "#DD8452")]):
-        sub = g[g["aug"] == aug].groupby("recipe").agg(m=("test_auc_mean", "max"), s=("test_auc_std", "max"))
-        means = [sub["m"].get(r, np.nan) for r in recipes]
-        stds = [np.nan_to_num(sub["s"].get(r, np.nan)) for r in recipes]
-        ax.bar(x + (k - 0.5) * width, means, width, yerr=stds, capsize=3, color=color, label=f"aug {'on' if aug else 'off'}")
-    (lfl, lfl_auc, _), (best, best_auc, _) = paper_rows(ref, dataset)
-    ax.axhline(lfl_auc, color="k", ls="--", lw=1, label=f"paper {lfl} ({lfl_auc:.3f})")
-    ax.axhline(best_auc, color="g", ls=":", lw=1, label=f"paper best: {best} ({best_auc:.3f})")
-    lo = np.nanmin([*(g["test_auc_mean"] - g["test_auc_std"].fillna(0)), lfl_auc]) - 0.03
-    ax.set_ylim(max(0.0, lo), 1.0)
+    width = 0.8 / max(1, len(bars))
+    colors = ["#4C72B0", "#DD8452", "#55A868", "#C44E52"]
+    for k, (aug, (means, stds)) in enumerate(bars.items()):
+        ax.bar(x + (k - (len(bars) - 1) / 2) * width, means, width, yerr=stds, capsize=3, color=colors[k % 4],
+               label=f"aug {_aug(aug)}")
+    best = best_row(ref, dataset)
+    lows = [m - s for means, stds in bars.values() for m, s in zip(means, stds) if np.isfinite(m)]
+    if best:
+        ax.axhline(best[1], color="g", ls=":", lw=1, label=f"paper best: {best[0]} ({best[1]:.3f})")
+        lows.append(best[1])
+    for model in sorted(agg[agg["dataset"] == dataset]["model"].unique()):
+        p = paper_row(ref, dataset, model, int(agg[agg["dataset"] == dataset]["size"].iloc[0]))
+        if p:
+            ax.axhline(p[1], color="k", ls="--", lw=1, label=f"paper {p[0]} ({p[1]:.3f})")
+            lows.append(p[1])
+    ax.set_ylim(max(0.0, min(lows, default=0.5) - 0.03), 1.0)
     ax.set_xticks(x, recipes)
     ax.set_ylabel("test AUC (mean ± std)")
     ax.set_title(f"{dataset}: test AUC by objective", fontsize=10)

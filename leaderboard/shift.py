@@ -6,13 +6,12 @@ seed, fold, test_auc, and the metrics of :mod:`bench.shift.metrics`:
 shift metrics (NaN ``shift_auc_mean``: the dataset has no corruption set, or the run was
 not scored) are left out.
 
-* Spread is the sample standard deviation (ddof=1) over a group's runs, as in
-  :mod:`leaderboard.aggregate`; "n/a" when a group has one run.
+* Spread is the sample standard deviation (ddof=1) over a group's units (runs; under cv5 each
+  seed's fold mean), as in :mod:`leaderboard.aggregate`; "n/a" when a group has one unit.
 * The worst corruption of a group is the one with the lowest AUC averaged over its five
   severities and the group's runs.
-* Paired tests reuse :func:`leaderboard.aggregate.paired_vs_baseline` on ``shift_auc_mean``:
-  pairs share dataset, model, aug, protocol, seed and fold; exact two-sided Wilcoxon, paired t
-  for reference, p = 1 when every difference is 0.
+* Paired tests reuse :func:`leaderboard.aggregate.paired` on ``shift_auc_mean``: the same
+  controls, units and tests as the clean table.
 """
 from __future__ import annotations
 
@@ -22,8 +21,8 @@ import numpy as np
 import pandas as pd
 
 from bench.shift.metrics import DROP, MEAN, parse_metric
-from leaderboard.aggregate import GROUP_KEYS, paired_vs_baseline
-from leaderboard.render import fmt
+from leaderboard.aggregate import DEFAULT_CONTROLS, GROUP_KEYS, paired, units
+from leaderboard.format import fmt
 
 LINE_KEYS = ["recipe", "model", "aug", "protocol"]  # one chart line per combination present
 
@@ -63,43 +62,36 @@ def worst_corruption(group: pd.DataFrame) -> tuple[str, float]:
 
 
 def shift_table(runs: pd.DataFrame, dataset: str) -> str:
-    """Markdown: per (recipe, model, aug, protocol) of ``dataset``, clean vs corrupted AUC."""
+    """Markdown: per group of ``dataset`` (cv5: seeds' fold means as units), clean vs corrupted AUC."""
     g = scored(runs, dataset)
     if g.empty:
         return f"_No shift metrics for {dataset}._"
+    u = units(g)
     head = ["objective", "model", "aug", "protocol", "n", "clean test AUC", "corrupted AUC (mean)",
             "drop (clean − corrupted)", "worst corruption (AUC)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * 4 + ["---:"] * 5) + "|"]
-    for key, grp in g.groupby(GROUP_KEYS, sort=True):
+    for key, grp in u.groupby(GROUP_KEYS, sort=True):
         row = dict(zip(GROUP_KEYS, key, strict=True))
         worst, worst_auc = worst_corruption(grp)
         lines.append("| " + " | ".join([
-            row["recipe"], row["model"], "on" if row["aug"] else "off", row["protocol"], str(len(grp)),
+            row["recipe"], row["model"], str(row["aug"]), row["protocol"], str(len(grp)),
             fmt(*_mean_std(grp["test_auc"])), fmt(*_mean_std(grp[MEAN])), fmt(*_mean_std(grp[DROP])),
             f"{worst} ({worst_auc:.3f})",
         ]) + " |")
     return "\n".join(lines)
 
 
-def paired_shift(runs: pd.DataFrame, baselines=("ce",)) -> pd.DataFrame:
-    """Each non-baseline recipe vs each baseline on ``shift_auc_mean`` (column ``baseline`` says which).
-
-    The other baselines are left out of each comparison, so a row is always DAM vs baseline.
-    """
+def paired_shift(runs: pd.DataFrame, controls=DEFAULT_CONTROLS) -> pd.DataFrame:
+    """Each recipe vs each control on the corrupted AUC (``shift_auc_mean``), as the clean table."""
     g = scored(runs)
-    frames = []
-    for base in baselines:
-        sub = g[~g["recipe"].isin(set(baselines) - {base})]
-        if (sub["recipe"] == base).any() and (sub["recipe"] != base).any():
-            frames.append(paired_vs_baseline(sub, metric=MEAN, baseline=base).assign(baseline=base))
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    return paired(g, metric=MEAN, controls=controls) if not g.empty else pd.DataFrame()
 
 
 def _line_label(row: dict, varying: list[str]) -> str:
     parts = [str(row["recipe"])]
     for k in varying:
         if k == "aug":
-            parts.append(f"aug {'on' if row['aug'] else 'off'}")
+            parts.append(f"aug {row['aug']}")
         elif k != "recipe":
             parts.append(str(row[k]))
     return ", ".join(parts)

@@ -8,8 +8,8 @@ never for a fixed time.
 
 Needs: ``apt-get install chromium chromium-driver`` and ``pip install selenium``; skipped
 with the reason otherwise. Runtime: 15-25 s on 2 shared CPU cores (server start 4-17 s, each
-page a few seconds), so it is not marked slow. ``BENCH_SCREENSHOT=/path/shot.png`` saves the runs table as a
-user sees it (parent row expanded). Everything started here is stopped here: the server by
+page a few seconds), so it is not marked slow. ``BENCH_SCREENSHOT=/path/shot.png`` saves the
+runs table as a user sees it (parent row expanded, assistant panel closed). Everything started here is stopped here: the server by
 its process group, the browser by ``quit()`` (and its process tree if it outlives that).
 """
 from __future__ import annotations
@@ -29,7 +29,8 @@ from pathlib import Path
 import pytest
 
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install selenium)")
-from selenium.common.exceptions import TimeoutException, WebDriverException  # noqa: E402
+from selenium.common.exceptions import (  # noqa: E402
+    ElementClickInterceptedException, TimeoutException, WebDriverException)
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
@@ -38,11 +39,17 @@ from bench import mlflow_native as N  # noqa: E402
 
 log = logging.getLogger(__name__)
 
-CHROMIUM = os.environ.get("BENCH_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMEDRIVER = os.environ.get("BENCH_CHROMEDRIVER") or shutil.which("chromedriver")
+def _executable(env: str, *names: str) -> str | None:
+    """``$env`` when set (must be executable), else the first of ``names`` on PATH."""
+    path = os.environ.get(env) or next(filter(None, map(shutil.which, names)), None)
+    return path if path and os.access(path, os.X_OK) else None
+
+
+CHROMIUM = _executable("BENCH_CHROMIUM", "chromium", "chromium-browser")
+CHROMEDRIVER = _executable("BENCH_CHROMEDRIVER", "chromedriver")
 if not (CHROMIUM and CHROMEDRIVER):
-    pytest.skip("chromium and chromedriver are not installed (apt-get install chromium chromium-driver)",
-                allow_module_level=True)
+    pytest.skip("chromium and chromedriver are not installed (apt-get install chromium chromium-driver; "
+                "or set BENCH_CHROMIUM / BENCH_CHROMEDRIVER)", allow_module_level=True)
 
 SERVER_START_S = 90   # `mlflow ui` imports a lot; 2 busy cores can take a while
 PAGE_S = 60           # first render of the SPA (bundle parse + API calls)
@@ -188,13 +195,21 @@ def wait_for_text(driver, *texts: str, timeout: float = PAGE_S) -> str:
     return _body(driver)
 
 
+def click(driver, element) -> None:
+    """A real click; a script click when a popover or toast covers the element."""
+    try:
+        element.click()
+    except ElementClickInterceptedException:
+        driver.execute_script("arguments[0].click();", element)
+
+
 def close_assistant(driver) -> None:
     """The 3.17 UI opens an 'MLflow Assistant' side panel by default; close it to free the table's width."""
     if "MLflow Assistant" not in _body(driver):
         return
     for button in driver.find_elements(By.CSS_SELECTOR, "button[aria-label='Close']"):
         if button.is_displayed():
-            button.click()
+            click(driver, button)
             break
 
 
@@ -204,7 +219,7 @@ def expand_parent(driver, run_name: str) -> None:
              "//button[contains(@data-component-id, 'runnamecellrenderer')]")
     button = WebDriverWait(driver, PAGE_S).until(lambda d: d.find_element(By.XPATH, xpath))
     driver.execute_script("arguments[0].scrollIntoView({block: 'center'});", button)
-    button.click()
+    click(driver, button)
 
 
 def path_of(url: str) -> str:
@@ -245,9 +260,10 @@ def test_experiment_link_lands_on_the_runs_table(ui, browser):
     """The experiment link we print opens the runs table (Runs tab, ML side bar), not Traces."""
     base, exp = ui
     open_fresh(browser, N.experiment_url(base, exp))
-    WebDriverWait(browser, PAGE_S).until(lambda d: path_of(d.current_url).endswith("/runs"))
-    wait_for_text(browser, PARENT, "Dataset", "Model training")
-    assert "/traces" not in browser.current_url and "/overview" not in browser.current_url
+    WebDriverWait(browser, PAGE_S).until(lambda d: path_of(d.current_url).endswith("/runs"),
+                                         message=f"no redirect to the runs table from {N.experiment_url(base, exp)}")
+    text = wait_for_text(browser, PARENT, "Dataset", "Model registry")
+    assert "Observability" not in text  # the GenAI side bar's section; the ML one has Runs/Models/Traces
 
 
 def test_bare_experiment_url_still_opens_genai_overview(ui, browser):
@@ -257,5 +273,6 @@ def test_bare_experiment_url_still_opens_genai_overview(ui, browser):
     base, exp = ui
     open_fresh(browser, f"{base}/#/experiments/{exp}")
     WebDriverWait(browser, PAGE_S).until(
-        lambda d: any(p in path_of(d.current_url) for p in ("/overview", "/traces", "/runs")))
+        lambda d: any(p in path_of(d.current_url) for p in ("/overview", "/traces", "/runs")),
+        message="the bare experiment URL did not redirect to any tab")
     assert any(p in path_of(browser.current_url) for p in ("/overview", "/traces")), browser.current_url

@@ -18,6 +18,15 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "integration: starts real services (PostgreSQL, mlflow server, Ray) on 127.0.0.1")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def loopback_without_proxy():
+    """MLflow clients here (requests honours NO_PROXY) and every service we start inherit this."""
+    with pytest.MonkeyPatch.context() as mp:
+        for name, value in services.LOOPBACK_NO_PROXY.items():
+            mp.setenv(name, value)
+        yield
+
+
 @pytest.fixture(scope="session")
 def pg():
     """A running PostgreSQL (``.dsn``, ``.restart()``)."""

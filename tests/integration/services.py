@@ -33,6 +33,9 @@ VENV_BIN = Path(sys.executable).parent
 PG_BIN = Path(os.environ.get("BENCH_PG_BIN", "/usr/lib/postgresql/15/bin"))
 GRACE_S = 2.0
 ISOLATED_ENV = "BENCH_TEST_NETNS"  # set inside the namespace, so a test does not re-run itself twice
+# Loopback traffic must never be routed to an HTTP proxy (which may be another machine).
+LOOPBACK_NO_PROXY = {"NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost"}
+NO_PROXY_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 # ---------------------------------------------------------------------------- processes
@@ -223,7 +226,7 @@ class MlflowServer:
 
     def _healthy(self) -> bool:
         try:
-            with urllib.request.urlopen(f"{self.url}/health", timeout=2) as r:
+            with NO_PROXY_OPENER.open(f"{self.url}/health", timeout=2) as r:
                 return r.status == 200
         except OSError:
             return False

@@ -1,0 +1,92 @@
+"""``bench shift --suite NAME``: add the shift column to finished runs, without retraining.
+
+For every FINISHED cell run of the suite that has no shift metrics yet, the selected
+checkpoint (``model.pt``) is loaded and scored on the corrupted test sets of its dataset,
+with the run's own evaluation settings (TTA, batch size, precision, voxel scale). A run is
+scored at most once: runs that already have ``shift_auc_mean`` or were found not applicable
+are left alone. A run whose checkpoint is missing, or whose data file here differs from the
+one it was trained on, is reported and skipped; the others go on.
+"""
+from __future__ import annotations
+
+import logging
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from bench import data as D
+from bench.models import create_model
+from bench.runner import CHECKPOINT, load_checkpoint
+from bench.shift.scoring import require_backends, score_and_log
+from bench.train import memory_format, select_device, use_bf16
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ShiftSummary:
+    scored: list = field(default_factory=list)
+    not_applicable: list = field(default_factory=list)
+    skipped: list = field(default_factory=list)  # (run name, reason)
+    already: int = 0
+
+    def table(self) -> str:
+        lines = [f"shift: scored {len(self.scored)}, not applicable {len(self.not_applicable)}, "
+                 f"skipped {len(self.skipped)}, already scored {self.already}"]
+        lines += [f"  skipped {name}: {why}" for name, why in self.skipped]
+        return "\n".join(lines)
+
+
+def _pending(runs):
+    """Runs without shift results; the others are counted as already done."""
+    todo, done = [], 0
+    for r in runs:
+        if "shift_auc_mean" in r.data.metrics or r.data.tags.get("shift_status") == "not_applicable":
+            done += 1
+        else:
+            todo.append(r)
+    return todo, done
+
+
+def score_run(tracker, run, data_root=None, allow_unverified=None) -> dict:
+    """Score one finished run; raises FileNotFoundError/DataError with the reason to skip it."""
+    from bench.tracking import RunHandle
+
+    p = run.data.params
+    flag, size = p["dataset"], int(p.get("size") or D.DEFAULT_SIZE)
+    data = D.load(flag, data_root, size=size, allow_unverified=allow_unverified)
+    trained_on = run.data.tags.get("data_md5")
+    if trained_on and trained_on != data.md5:
+        raise D.DataError(f"data file here has MD5 {data.md5}, the run trained on {trained_on}")
+    if CHECKPOINT not in tracker.artifact_names(run.info.run_id):
+        raise FileNotFoundError(f"no {CHECKPOINT} artifact (the suite kept checkpoints only where needed)")
+    with tempfile.TemporaryDirectory(prefix="bench-shift-") as tmp:
+        state = load_checkpoint(tracker.download_artifact(run.info.run_id, CHECKPOINT, Path(tmp)))
+    spec, device = data.spec, select_device()
+    model = create_model(p["model"], spec.n_channels, spec.n_labels)
+    model.load_state_dict(state)
+    bf16 = use_bf16(p.get("precision", "auto"), device, spec.dims)
+    model = model.to(device)
+    if bf16:
+        model = model.to(memory_format=memory_format(spec.dims))
+    x_scale = 0.5 if p.get("voxel_scale") == "True" and spec.shape_mask else 1.0
+    return score_and_log(model, data, RunHandle(tracker, run.info.run_id, None), tta=p.get("tta", "none"),
+                         eval_batch_size=int(p.get("eval_batch_size", 512)), device=device, bf16=bf16,
+                         x_scale=x_scale, test_auc=run.data.metrics["test_auc"])
+
+
+def run_shift(tracker, runs, data_root=None, allow_unverified=None, progress=True) -> ShiftSummary:
+    require_backends({r.data.params.get("dataset") for r in runs})
+    todo, summary = _pending(runs)[0], ShiftSummary(already=_pending(runs)[1])
+    for run in tqdm(todo, desc="shift", unit="run", disable=not progress):
+        name = run.info.run_name
+        try:
+            metrics = score_run(tracker, run, data_root, allow_unverified)
+        except (FileNotFoundError, D.DataError) as exc:
+            log.warning("%s: skipped (%s)", name, exc)
+            summary.skipped.append((name, str(exc).splitlines()[0]))
+            continue
+        (summary.scored if metrics else summary.not_applicable).append(name)
+    return summary
