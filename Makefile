@@ -1,6 +1,6 @@
 # Two commands (README quick start):
-#   make run    create .venv if missing, then run the `quick` suite (SUITE=... for another)
-#   make test   create .venv if missing, then run the tests
+#   make run    create .venv if missing, then run the default suite (SUITE=... for another)
+#   make test   create .venv with the test extras if missing, then run the tests
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -13,26 +13,35 @@ export BENCH_DATA_DIR := $(SHARED_DATA)
 endif
 endif
 export MLFLOW_DISABLE_TELEMETRY := true
+# medmnistc pins medmnist==3.0.1 / scikit-image==0.23.2, which our pins exclude: install it alone
+MEDMNISTC := medmnistc==0.1.0
 
 .PHONY: run test test-all ui clean-venv
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[test]'
+	$(BIN)/python -m pip install -q -e .
+	touch $@
+
+$(BIN)/.installed-test: $(BIN)/.installed
+	$(BIN)/python -m pip install -q -e '.[test,ray,postgres,shift]'
+	$(BIN)/python -m pip install -q --no-deps $(MEDMNISTC)
 	touch $@
 
 run: $(BIN)/.installed
 	$(BIN)/bench suite $(SUITE)
 
-test: $(BIN)/.installed
+test: $(BIN)/.installed-test
+	@scripts/system-packages.sh
 	$(BIN)/python -m pytest
 
-test-all: $(BIN)/.installed
+test-all: $(BIN)/.installed-test
+	@scripts/system-packages.sh
 	$(BIN)/python -m pytest -m ''
 
 ui: $(BIN)/.installed
-	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(abspath mlflow.db) --host 127.0.0.1 --port 5000
+	$(BIN)/bench ui
 
 clean-venv:
 	rm -rf $(VENV)

@@ -137,6 +137,7 @@ class ResolvedRecipe:
     params: tuple
     init_from: str | None
     train: tuple = ()  # (key, value) overrides of the train settings, e.g. fewer fine-tuning epochs
+    model: str | None = None  # overrides the dataset's model (e.g. a CE recipe on ResNet-18+ACS)
 
 
 @dataclass(frozen=True)
@@ -354,13 +355,15 @@ def resolve_recipe(doc: dict, name: str, dataset: str, path: Path) -> ResolvedRe
             spec = {**spec, **over, **{k: {**(spec.get(k) or {}), **(over.get(k) or {})}
                                        for k in ("params", "train") if k in over}}
         _check(spec, {"objective": str, "init_from": str, "params": dict, "train": SCHEMA["train"], "description": str,
-                      "family": str}, path, f"recipes.{name}.")
+                      "family": str, "model": str}, path, f"recipes.{name}.")
+        if "model" in spec:
+            MODELS.get(spec["model"], where=f"{path}: recipes.{name}.model")
         if "objective" not in spec:
             raise ConfigError(f"{path}: recipes.{name} needs 'objective' (one of {', '.join(OBJECTIVES.names())})")
         family, over, init_from = spec["objective"], spec.get("params", {}) or {}, spec.get("init_from")
-        train = tuple(sorted((spec.get("train") or {}).items()))
+        train, model = tuple(sorted((spec.get("train") or {}).items())), spec.get("model")
     elif name in OBJECTIVES:
-        family, over, init_from, train = name, {}, None, ()
+        family, over, init_from, train, model = name, {}, None, (), None
     else:
         raise unknown("objective or recipe", name, [*OBJECTIVES.names(), *recipes], where=f"{path}: grid.objective")
     cls = OBJECTIVES.get(family, where=f"{path}: recipes.{name}.objective")
@@ -372,7 +375,7 @@ def resolve_recipe(doc: dict, name: str, dataset: str, path: Path) -> ResolvedRe
         raise unknown("init_from recipe", init_from, [*OBJECTIVES.names(), *recipes], where=f"{path}: recipes.{name}")
     if init_from == name:
         raise ConfigError(f"{path}: recipes.{name}.init_from cannot name the recipe itself")
-    return ResolvedRecipe(name, family, tuple(sorted(dataclasses.asdict(params).items())), init_from, train)
+    return ResolvedRecipe(name, family, tuple(sorted(dataclasses.asdict(params).items())), init_from, train, model)
 
 
 def resolve_train(doc: dict, dataset: str, path: Path, recipe_train: tuple = (), finetune: bool = False) -> TrainConfig:
@@ -481,17 +484,30 @@ def _expand_grid(doc: dict, path: Path, data_fingerprint) -> list[Cell]:
     cells = []
     for ds in datasets:
         size = resolve_size(doc, ds, path)
-        model = resolve_model(doc, ds, path, size)
+        dataset_model = resolve_model(doc, ds, path, size)
         dims = DS.dims_of(ds)
-        if model_info(model).dims != dims:
-            raise ConfigError(f"{path}: model '{model}' is {model_info(model).dims}D but {ds} needs a {dims}D model")
+        if dims == 3 and "medmnistc" in augs:
+            raise ConfigError(f"{path}: aug 'medmnistc' (MedMNIST-C corruptions) exists for 2D datasets only, not {ds}")
         fp = _fingerprint(data_fingerprint, ds, size)
         resolved = [(rec, resolve_train(doc, ds, path, rec.train, rec.init_from is not None))
                     for rec in (resolve_recipe(doc, r, ds, path) for r in recipes)]
         for (rec, train), aug, seed, (proto, fold) in itertools.product(resolved, augs, seeds, folds):
+            model = _recipe_model(doc, rec, ds, path, dataset_model)
+            if model_info(model).dims != dims:
+                raise ConfigError(f"{path}: model '{model}' is {model_info(model).dims}D but {ds} needs a {dims}D model")
             cells.append(Cell(ds, rec.name, rec.objective, rec.params, model, aug, seed, proto, fold, train,
                               rec.init_from, fp, size))
     return cells
+
+
+def _recipe_model(doc: dict, rec: ResolvedRecipe, dataset: str, path: Path, default: str) -> str:
+    """A recipe's own model, else -- for a fine-tuning recipe -- its source's (a checkpoint only
+    loads into the architecture it came from), else the dataset's."""
+    seen = set()
+    while rec.model is None and rec.init_from and rec.init_from not in seen:
+        seen.add(rec.name)
+        rec = resolve_recipe(doc, rec.init_from, dataset, path)
+    return rec.model or default
 
 
 def _fingerprint(data_fingerprint, flag: str, size: int) -> str:
@@ -504,5 +520,5 @@ def source_cell(doc: dict, path: Path, cell: Cell) -> Cell:
     dataset, model, aug, seed, protocol and fold, with *its own* train settings."""
     rec = resolve_recipe(doc, cell.init_from, cell.dataset, path)
     return dataclasses.replace(cell, recipe=rec.name, objective=rec.objective, params=rec.params,
-                               init_from=rec.init_from,
+                               init_from=rec.init_from, model=rec.model or cell.model,
                                train=resolve_train(doc, cell.dataset, path, rec.train, rec.init_from is not None))

@@ -1,13 +1,17 @@
-"""Suite -> cells -> skip finished -> claim -> run -> summary.
+"""Suite -> cells -> plan -> executor -> summary.
 
 Resumable by construction: a cell whose ``bench_cell_id`` has a FINISHED run in the
-suite's experiment is skipped (one filtered query at start, and a re-check after the
-claim), so an interrupted suite is finished by running the same command again.
+suite's experiment is left out of the plan (one filtered query at start), and the worker
+re-checks after claiming the cell, so an interrupted suite is finished by running the same
+command again. The driver builds the plan (``bench.executors.plan``: the cells to run, and
+for two-stage cells the dependency on their source cell), opens the parent run, and hands
+the plan to an executor (``bench.executors``: ``local`` in this process, ``ray`` on a
+cluster); every executor runs a cell with the same code, ``bench.worker.run_task``.
 """
 from __future__ import annotations
 
 import logging
-import tempfile
+import os
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -16,11 +20,10 @@ from pathlib import Path
 from tabulate import tabulate
 
 from bench import data as D
-from bench.config import Cell, Suite, load_suite, source_cell
+from bench.config import Cell, Suite, load_suite
 from bench.errors import ConfigError
-from bench.models import model_info
+from bench.executors.timing import CPU_SPEED, estimate_seconds  # noqa: F401  (re-exported: estimates live there)
 from bench.registry import did_you_mean
-from bench.runner import CHECKPOINT, CellResult, load_checkpoint, run_one
 
 log = logging.getLogger(__name__)
 
@@ -29,15 +32,15 @@ ONLY_KEYS = {"dataset": "dataset", "objective": "recipe", "recipe": "recipe", "a
 
 
 def data_fingerprint(data_root):
-    """flag -> md5 of the file if present (cached), else the official md5 (ids stay stable)."""
+    """(flag[, size]) -> md5 of the file if present (cached), else the official md5 (ids stay stable)."""
     cache: dict = {}
 
-    def fp(flag: str) -> str:
-        if flag not in cache:
-            spec = D.get_spec(flag)
-            path = D.data_dir(data_root) / f"{flag}.npz"
-            cache[flag] = D.file_md5(path) if path.is_file() else spec.md5
-        return cache[flag]
+    def fp(flag: str, size: int = D.DEFAULT_SIZE) -> str:
+        if (flag, size) not in cache:
+            spec = D.get_spec(flag, size)
+            path = D.data_dir(data_root) / spec.file_name
+            cache[flag, size] = D.file_md5(path) if path.is_file() else spec.md5
+        return cache[flag, size]
 
     return fp
 
@@ -68,29 +71,6 @@ def select(cells: list[Cell], only: list[tuple[str, str]]) -> list[Cell]:
         if value.lower() not in present:
             raise ConfigError(f"--only {attr}={value} matches no cell{did_you_mean(value, sorted(present))}; values in this suite: {', '.join(sorted(present))}")
     return [c for c in cells if keep(c)]
-
-
-# Measured on this project's reference machine (2 CPU cores, Zen4) with
-# benchmarks/throughput.py and real cells: images or volumes per second (train, eval) in the
-# precision actually used (2D bf16; 3D fp32, see bench.train.use_bf16). Estimates only.
-CPU_SPEED = {
-    "resnet18_28": (160.0, 470.0),
-    "resnet18_3d": (2.1, 6.2),
-    "resnet18_3d_s2": (14.3, 75.6),
-    "resnet18_3d_tiny": (69.4, 314.6),
-}
-
-
-def estimate_seconds(cell: Cell) -> float:
-    spec = D.get_spec(cell.dataset)
-    n = spec.n_samples
-    n_train = n["train"] if cell.protocol == "official" else int(0.8 * (n["train"] + n["val"]))
-    n_val = n["val"] if cell.protocol == "official" else int(0.2 * (n["train"] + n["val"]))
-    tr, ev = CPU_SPEED.get(cell.model, (50.0, 200.0))
-    if model_info(cell.model).dims == 2 and spec.n_channels == 3:
-        tr, ev = tr * 0.9, ev * 0.9
-    per_epoch = n_train / tr + n_val / ev
-    return cell.train.epochs * per_epoch + (n["test"] + n_val) / ev + 5
 
 
 @dataclass
@@ -135,127 +115,146 @@ def dry_run(suite: Suite, cells: list[Cell], finished: dict) -> str:
     return tabulate(rows, head, tablefmt="simple") + footer
 
 
-class SuiteRunner:
-    def __init__(self, suite: Suite, tracker, data_root=None, allow_unverified=None, rerun=False, progress=True):
-        self.suite, self.tracker = suite, tracker
-        self.data_root, self.allow_unverified = data_root, allow_unverified
-        self.rerun, self.progress = rerun, progress
-        self.after_test = None
-        if suite.doc.get("shift"):  # score each selected model on corrupted test sets after its clean test
-            from bench.shift.scoring import after_test, require_backends
+def worker_context(suite: Suite, tracker, executor, parent_id: str | None, *, data_root, allow_unverified, rerun,
+                   progress):
+    """What every task needs, explicit: remote workers do not inherit this process's environment."""
+    from bench.claims import FileClaims
+    from bench.provenance import code_digest
+    from bench.tracking import http_retry_env
+    from bench.worker import WorkerContext
 
-            require_backends({c.dataset for c in suite.cells()})
-            self.after_test = after_test
-        self.parent = None
-        self.done_this_invocation: set[str] = set()
+    claims = tracker.claims
+    remote = executor.remote
+    if remote:  # the driver's data policy and folder travel with the task; the folder may not exist there
+        allow_unverified = D.allow_unverified_default() if allow_unverified is None else allow_unverified
+        data_root = str(D.data_dir(data_root)) if (data_root or os.environ.get("BENCH_DATA_DIR")) else None
+    return WorkerContext(
+        suite=suite.name, suite_path=str(suite.path), experiment=tracker.experiment_name, tracking_uri=tracker.uri,
+        code_digest=code_digest(), reuse=tuple(tracker.reuse_names), plugins=tuple(suite.doc.get("plugins") or ()),
+        parent_run_id=parent_id,
+        claims_uri=str(claims.lock_dir) if isinstance(claims, FileClaims) else getattr(claims, "dsn", None),
+        data_dir=data_root, data_dir_is_hint=remote, allow_unverified=allow_unverified, rerun=rerun,
+        progress=progress and not remote, shift=bool(suite.doc.get("shift")), executor=executor.name,
+        http_env=tuple(sorted(http_retry_env().items())),
+    )
 
-    def _init_state(self, cell: Cell, summary: Summary) -> tuple[dict | None, str | None]:
-        """The checkpoint of the finished ``init_from`` cell, running that cell first if needed."""
-        if not cell.init_from:
-            return None, None
-        src = source_cell(self.suite.doc, self.suite.path, cell)
-        run = self.tracker.finished_run(src.cell_id)
-        if run is None:
-            log.info("%s needs %s first: running it", cell.run_name, src.run_name)
-            res = self.run_cell(src, summary)
-            if res.status != "finished":
-                raise ConfigError(f"{cell.run_name}: its init_from cell {src.run_name} did not finish ({res.status})")
-            run = self.tracker.finished_run(src.cell_id)
-        with tempfile.TemporaryDirectory() as tmp:
-            path = self.tracker.download_artifact(run.info.run_id, CHECKPOINT, Path(tmp))
-            return load_checkpoint(path), run.info.run_id
 
-    def run_cell(self, cell: Cell, summary: Summary) -> CellResult:
-        if cell.cell_id in self.done_this_invocation:  # ran already, as another cell's init_from source
-            return CellResult(cell.cell_id, cell.run_name, "skipped", error="ran earlier in this invocation")
-        lock = self.tracker.cell_lock(cell.cell_id)
-        if not lock.acquire():
-            summary.claimed += 1
-            return CellResult(cell.cell_id, cell.run_name, "claimed")
-        try:
-            # another invocation may have finished it between our first query and the claim
-            if not self.rerun and self.tracker.finished_run(cell.cell_id) is not None:
+def execute_plan(suite: Suite, plan, tracker, executor, n_cells: int, **ctx_options) -> tuple[Summary, str]:
+    """Open the parent run, let ``executor`` run ``plan``, close the parent; returns (summary, parent run id)."""
+    summary = Summary(suite.name)
+    log.info("suite %s: %d cells, %d to run (experiment '%s', store %s, executor %s)", suite.name, n_cells, len(plan),
+             tracker.experiment_name, tracker.uri, executor.name)
+    t0 = time.perf_counter()
+    parent = tracker.start_parent(suite.name, {"bench_suite_file": str(suite.path), "bench_cells": n_cells})
+    status = "FINISHED"
+    try:
+        ctx = worker_context(suite, tracker, executor, parent.run_id, **ctx_options)
+        for res in executor.run(plan, ctx, tracker):
+            if res.status == "claimed":
+                summary.claimed += 1
+            elif res.status == "skipped":
                 summary.skipped += 1
-                return CellResult(cell.cell_id, cell.run_name, "skipped")
-            try:
-                init_state, init_src = self._init_state(cell, summary)
-            except ConfigError as exc:  # its source cell failed: record this cell as FAILED too
-                run = self.tracker.start_cell(cell, self.suite.name, self.parent.run_id if self.parent else None, lock)
-                run.end("FAILED", "failed", str(exc))
-                res = CellResult(cell.cell_id, cell.run_name, "failed", error=str(exc))
+            else:
                 summary.results.append(res)
-                return res
-            res = run_one(self.tracker, cell, self.suite.name, self.parent.run_id if self.parent else None, lock,
-                          init_state=init_state, init_source=init_src, data_root=self.data_root,
-                          allow_unverified=self.allow_unverified, progress=self.progress, after_test=self.after_test)
-        finally:
-            lock.release()
-        self.done_this_invocation.add(cell.cell_id)
-        summary.results.append(res)
-        return res
-
-    def run(self, cells: list[Cell], finished: dict) -> Summary:
-        summary = Summary(self.suite.name)
-        todo = [c for c in cells if self.rerun or c.cell_id not in finished]
-        summary.skipped = len(cells) - len(todo)
-        log.info("suite %s: %d cells, %d already finished, %d to run (experiment '%s', store %s)",
-                 self.suite.name, len(cells), summary.skipped, len(todo), self.tracker.experiment_name,
-                 self.tracker.uri)
-        t0 = time.perf_counter()
-        self.parent = self.tracker.start_parent(self.suite.name, {"bench_suite_file": str(self.suite.path),
-                                                                  "bench_cells": len(cells)})
-        status = "FINISHED"
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        summary.seconds = time.perf_counter() - t0
+        c = summary.counts()
         try:
-            for i, cell in enumerate(todo, 1):
-                elapsed = time.perf_counter() - t0
-                ran = [r for r in summary.results if r.status in ("finished", "failed")]
-                eta = (elapsed / len(ran) * (len(todo) - i + 1)) if ran else sum(map(estimate_seconds, todo[i - 1:]))
-                log.info("cell %d/%d %s (ETA %.0f min)", i, len(todo), cell.run_name, eta / 60)
-                res = self.run_cell(cell, summary)
-                log.info("  %s", res.line())
-        except KeyboardInterrupt:
-            status = "KILLED"
-            raise
-        finally:
-            summary.seconds = time.perf_counter() - t0
-            c = summary.counts()
-            try:
-                self.parent.metrics({f"cells_{k}": v for k, v in c.items()})
-                self.parent.end(status, "interrupted" if status == "KILLED" else "finished")
-            except Exception:  # never mask the original error while closing the parent
-                log.debug("could not close parent run", exc_info=True)
-        return summary
+            parent.metrics({f"cells_{k}": v for k, v in c.items()})
+            parent.end(status, "interrupted" if status == "KILLED" else "finished")
+        except Exception:  # never mask the original error while closing the parent
+            log.debug("could not close parent run", exc_info=True)
+    return summary, parent.run_id
+
+
+def plan_report(plan, tracker, suite: Suite, keep: set[str], workers, max_concurrent) -> str:
+    """The dry run's storage line, and with ``workers`` the makespan plan (bench.executors.planning)."""
+    from bench.executors.planning import makespan_report, storage_report
+
+    text = storage_report(plan, keep)
+    if workers is not None:
+        text += "\n" + makespan_report(plan, tracker.measured_train_seconds(), workers, max_concurrent)
+    return text
 
 
 def run_suite(name: str, *, rerun=False, only=(), max_cells=None, dry=False, data_root=None, allow_unverified=None,
-              experiment=None, progress=True, leaderboard=True):
+              experiment=None, progress=True, leaderboard=True, executor="local", address=None, max_concurrent=None,
+              checkpoints=None, workers=None, gpus_per_worker=None, cpus_per_worker=None):
+    """Run (or with ``dry`` plan) suite ``name``; ``executor`` is a name in ``bench.executors.EXECUTORS``
+    or an :class:`~bench.executors.Executor` (connected or not)."""
+    from bench.executors import Executor, get_executor
+    from bench.executors.plan import build_plan, checkpoint_policy, needed_sources
+    from bench.executors.resources import check_requests, parse_resources
     from bench.tracking import Tracker  # the driver depends on tracking, never the reverse
 
     suite = load_suite(name)
     filters = parse_only(tuple(only))
-    cells = select(suite.cells(data_fingerprint(data_root)), filters)
+    all_cells = suite.cells(data_fingerprint(data_root))
+    cells = select(all_cells, filters)
     if max_cells is not None:
         if max_cells < 1:
             raise ConfigError("--max-cells must be >= 1")
         cells = cells[:max_cells]
-    tracker = Tracker(experiment or suite.experiment, reuse=suite.reuse)
+    policy = parse_resources(suite.doc.get("resources"), suite.path)
+    keep = checkpoint_policy(checkpoints or suite.doc.get("checkpoints"),
+                             "--checkpoints" if checkpoints else f"{suite.path}: checkpoints")
+    if isinstance(executor, Executor):
+        ex = executor
+    else:
+        options = {"address": address, "max_concurrent": max_concurrent} if executor != "local" else {}
+        ex = None if dry else get_executor(executor, **options)
+    tracker = Tracker(experiment or suite.experiment, reuse=suite.reuse, executor=getattr(ex, "name", executor))
     tracker.mark_stale()
     finished = tracker.finished_cells()
     if dry:
-        return dry_run(suite, cells, finished)
-    runner = SuiteRunner(suite, tracker, data_root, allow_unverified, rerun, progress)
-    summary = runner.run(cells, finished)
+        plan_for = _workers(workers, gpus_per_worker, cpus_per_worker)
+        plan = build_plan(suite, cells, finished, rerun=rerun, policy=policy,
+                          cluster_has_gpus=bool(plan_for and plan_for.gpus), checkpoints=keep, all_cells=all_cells)
+        return (dry_run(suite, cells, finished) + "\n"
+                + plan_report(plan, tracker, suite, needed_sources(suite, all_cells), plan_for, max_concurrent))
+    if suite.doc.get("shift"):  # score each selected model on corrupted test sets after its clean test
+        from bench.shift.scoring import require_backends
+
+        require_backends({c.dataset for c in suite.cells()})
+    with ex:
+        if ex.cluster() is None:
+            ex.connect()
+        cluster = ex.cluster()
+        if ex.remote:
+            check_requests(cells, policy, cluster)
+            ex.check_store(tracker)
+        plan = build_plan(suite, cells, finished, rerun=rerun, policy=policy, cluster_has_gpus=cluster.gpus > 0,
+                          checkpoints=keep, all_cells=all_cells)
+        summary, parent_id = execute_plan(suite, plan, tracker, ex, len(cells), data_root=data_root,
+                                          allow_unverified=allow_unverified, rerun=rerun, progress=progress)
+        summary.skipped += len(cells) - sum(1 for p in plan.items if p.task.cell in cells)
+        if ex.remote:  # runs of workers that died for good (retries used up) must not stay RUNNING
+            tracker.mark_stale()
     if suite.doc.get("ensembles"):
         from bench.ensemble import build_ensembles
 
-        n = build_ensembles(tracker, suite.name, cells, runner.parent.run_id, data_root, allow_unverified)
+        n = build_ensembles(tracker, suite.name, cells, parent_id, data_root, allow_unverified)
         log.info("suite %s: %d seed ensemble(s) logged", suite.name, n)
     if leaderboard:
         try:
             from leaderboard.build import build_leaderboard
 
-            build_leaderboard(suite.name, experiment=tracker.experiment_name, parent_run_id=runner.parent.run_id,
-                              declared=suite)
+            build_leaderboard(suite.name, experiment=tracker.experiment_name, parent_run_id=parent_id, declared=suite)
         except Exception as exc:  # the leaderboard must never turn a good suite run red
             log.warning("leaderboard not regenerated: %s", exc)
     return summary
+
+
+def _workers(n, gpus, cpus):
+    """The cluster a dry run plans for (``--workers``), or None (no makespan plan)."""
+    from bench.executors.planning import Workers
+
+    if n is None and gpus is None and cpus is None:
+        return None
+    n = 1 if n is None else n
+    if n < 1:
+        raise ConfigError("--workers must be >= 1")
+    return Workers(n, float(cpus or os.cpu_count() or 1), int(gpus or 0))

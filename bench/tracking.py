@@ -4,19 +4,22 @@ Conventions: an experiment per suite (``medauc-bench/<suite>``); a parent run pe
 invocation and a nested child run per cell (``mlflow.parentRunId``); tag keys without
 dots (``bench_cell_id``) so filters need no quoting; per-epoch metrics with ``step=epoch``.
 
-Claims. Before a cell trains, its process takes an exclusive ``flock`` on
-``<lock dir>/<cell id>.lock`` (next to the SQLite store, or in ``~/.cache`` for a server
-store). A second invocation of the same suite skips a claimed cell, and re-checks that a
-claimed-then-released cell has not finished meanwhile. The kernel releases a lock when
-its process dies, even by ``kill -9``: a RUNNING run whose lock can be taken therefore
-belongs to a dead process, and is marked KILLED with ``bench_status=stale``. Locks work
-for processes on one machine; several machines sharing a tracking server need a shared
-filesystem for ``BENCH_LOCK_DIR``.
+Claims (``bench.claims``). Before a cell trains, its process claims the cell id in the
+tracker's claim store: ``flock`` files next to a SQLite store, PostgreSQL advisory locks
+when ``BENCH_CLAIMS_URI`` (or a ``postgresql://`` tracking store) says so. The claim key
+is stored in the run's ``bench_lock`` tag. A second process skips a claimed cell, and
+re-checks that a claimed-then-released cell has not finished meanwhile. A claim ends
+when its holder dies, even by ``kill -9``: a RUNNING run whose key is free therefore
+belongs to a dead process, and is marked KILLED with ``bench_status=stale``. File claims
+coordinate processes on one machine; PostgreSQL claims coordinate machines.
+
+HTTP tracking servers: the reachability check runs without retries (one clear line within
+seconds); every request after it retries with backoff (``HTTP_RETRIES``), so a tracking
+server restarted mid-suite costs a pause, not a run.
 """
 from __future__ import annotations
 
-import fcntl
-import hashlib
+import contextlib
 import json
 import logging
 import os
@@ -33,6 +36,7 @@ from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunT
 from mlflow.tracking import MlflowClient  # noqa: E402
 
 from bench import __version__  # noqa: E402
+from bench.claims import Claim, make_claims, redact  # noqa: E402
 from bench.config import PROJECT_ROOT  # noqa: E402
 from bench.errors import TrackingError  # noqa: E402
 from bench.provenance import code_digest, run_tags  # noqa: E402
@@ -56,51 +60,19 @@ def artifact_root(uri: str) -> str:
     return ""  # a tracking server decides (its --default-artifact-root)
 
 
-def lock_dir(uri: str) -> Path:
-    env = os.environ.get("BENCH_LOCK_DIR")
-    if env:
-        return Path(env)
-    if uri.startswith("sqlite:///"):
-        db = Path(uri[len("sqlite:///"):]).resolve()
-        return db.parent / f".{db.name}.locks"
-    digest = hashlib.sha256(uri.encode()).hexdigest()[:12]
-    return Path("~/.cache/medauc-bench/locks").expanduser() / digest
-
-
-class Lock:
-    """A non-blocking exclusive flock; ``acquire()`` is False when another process holds it."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        self.fd: int | None = None
-
-    def acquire(self) -> bool:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            return False
-        self.fd = fd
-        return True
-
-    def release(self) -> None:
-        if self.fd is not None:
-            fcntl.flock(self.fd, fcntl.LOCK_UN)
-            os.close(self.fd)
-            self.fd = None
-
-
 class Tracker:
     """A connection to one tracking store and experiment."""
 
-    def __init__(self, experiment: str, uri: str | None = None, reuse: tuple[str, ...] = ()):
+    def __init__(self, experiment: str, uri: str | None = None, reuse: tuple[str, ...] = (),
+                 claims_uri: str | None = None, executor: str = "local"):
         """``reuse``: names of other experiments whose FINISHED cells count as done here.
 
         A cell id is a digest of everything that determines the run (config, data md5, code
         version), so an identical cell finished by another suite -- a search suite whose
         winners a study suite confirms -- is the same experiment and need not run twice.
+        ``claims_uri``: where claims live (``bench.claims.make_claims``; default from the
+        environment and the tracking URI). ``executor``: recorded on every run
+        (``bench_executor``), so runs say how they were scheduled.
         """
         self.uri = uri or tracking_uri()
         check_reachable(self.uri)
@@ -110,7 +82,8 @@ class Tracker:
         self.experiment_id = self._experiment(experiment)
         self.reuse_names = tuple(reuse)
         self.reuse_ids = [e.experiment_id for e in map(self.client.get_experiment_by_name, reuse) if e is not None]
-        self.locks = lock_dir(self.uri)
+        self.claims = make_claims(self.uri, claims_uri)
+        self.context_tags = {"bench_executor": executor, "bench_host": socket.gethostname()}
 
     def _experiment(self, name: str) -> str:
         try:
@@ -166,44 +139,75 @@ class Tracker:
                     newest[cid] = r
         return sorted(newest.values(), key=lambda r: r.info.start_time)
 
-    def cell_lock(self, cell_id: str) -> Lock:
-        return Lock(self.locks / f"{cell_id}.lock")
+    def claim(self, key: str) -> Claim | None:
+        """Claim ``key`` (a cell id) in this tracker's claim store; None when another process holds it."""
+        return self.claims.claim(key)
+
+    def artifact_location(self) -> str:
+        return self.client.get_experiment(self.experiment_id).artifact_location
+
+    def _mark(self, run_id: str, why: str) -> None:
+        self.client.set_tag(run_id, "bench_status", "stale")
+        self.client.set_tag(run_id, "bench_error", why)
+        self.client.set_terminated(run_id, status="KILLED")
 
     def mark_stale(self) -> int:
-        """Mark RUNNING runs of dead processes (their lock is free) as KILLED; return how many."""
+        """Mark RUNNING runs of dead processes (their claim is free) as KILLED; return how many.
+
+        The status is read again after the claim check: a holder ends its run before it
+        releases the claim, so a run still RUNNING behind a free claim is dead, never late.
+        """
         n = 0
         for run in self._search("attributes.status = 'RUNNING'"):
             key = run.data.tags.get("bench_lock")
-            if not key:
+            if not key or not self.claims.is_free(key):
                 continue
-            lock = Lock(self.locks / key)
-            if lock.acquire():
-                try:
-                    self.client.set_tag(run.info.run_id, "bench_status", "stale")
-                    self.client.set_tag(run.info.run_id, "bench_error", "process died while running (marked on a later invocation)")
-                    self.client.set_terminated(run.info.run_id, status="KILLED")
-                    n += 1
-                finally:
-                    lock.release()
+            if self.client.get_run(run.info.run_id).info.status != "RUNNING":
+                continue
+            self._mark(run.info.run_id, "process died while running (marked on a later invocation)")
+            n += 1
         if n:
             log.warning("marked %d stale RUNNING run(s) of dead processes as KILLED", n)
         return n
 
+    def mark_dead_runs_of(self, cell_id: str, claim: Claim) -> int:
+        """Mark RUNNING runs of ``cell_id`` that carry ``claim``'s key as KILLED, while we hold it.
+
+        Whoever created such a run held the same key; we hold it now, so that process has
+        died (e.g. a worker killed mid-cell, whose task Ray retries here). Marking them at once
+        keeps "one FINISHED run per cell, nothing left RUNNING" without a later invocation.
+        """
+        keys = {claim.key, f"{claim.key}.lock"}  # runs of older versions carry the lock file name
+        n = 0
+        for run in self._search(f"attributes.status = 'RUNNING' and tags.bench_cell_id = '{cell_id}'"):
+            if run.data.tags.get("bench_lock") in keys:
+                self._mark(run.info.run_id, "process died while running (marked when the cell was claimed again)")
+                n += 1
+        if n:
+            log.warning("cell %s: marked %d RUNNING run(s) of a dead process as KILLED", cell_id, n)
+        return n
+
     # ---------------------------------------------------------------- runs
     def start_parent(self, suite: str, tags: dict) -> "RunHandle":
-        lock = Lock(self.locks / f"parent-{os.getpid()}-{time.time_ns()}.lock")
-        lock.acquire()
+        """The invocation's parent run, claimed under a unique key for as long as it lives."""
+        claim = self.claims.claim(f"parent-{socket.gethostname()}-{os.getpid()}-{time.time_ns()}")
+        if claim is None:  # the key is unique: only a broken claim store gets here
+            raise TrackingError(f"claims store {self.claims!r}: cannot claim the parent run's key")
         base = {"bench_role": "suite", "bench_suite": suite, "bench_version": __version__, **run_tags(),
-                "bench_lock": lock.path.name}
+                **self.context_tags, "bench_lock": claim.key}
         run = self.client.create_run(self.experiment_id, run_name=f"suite-{suite}", tags={**base, **tags})
-        return RunHandle(self, run.info.run_id, lock)
+        return RunHandle(self, run.info.run_id, claim)
 
-    def start_cell(self, cell, suite: str, parent_id: str | None, lock: Lock, extra_tags: dict | None = None) -> "RunHandle":
+    def start_cell(self, cell, suite: str, parent_id: str | None, lock: Claim | None,
+                   extra_tags: dict | None = None) -> "RunHandle":
+        """A cell's run; ``lock`` is the caller's claim of the cell (released by the caller)."""
         tags = {
             "bench_role": "cell", "bench_suite": suite, "bench_cell_id": cell.cell_id,
-            "bench_group_id": cell.group_id, "bench_version": __version__, **run_tags(),
-            "bench_lock": lock.path.name, "bench_status": "running", **(extra_tags or {}),
+            "bench_group_id": cell.group_id, "bench_version": __version__, **run_tags(), **self.context_tags,
+            "bench_status": "running", **(extra_tags or {}),
         }
+        if lock is not None:
+            tags["bench_lock"] = lock.key
         if parent_id:
             tags[PARENT_TAG] = parent_id
         run = self.client.create_run(self.experiment_id, run_name=cell.run_name, tags=tags)
@@ -234,7 +238,7 @@ class Tracker:
 
 
 class RunHandle:
-    def __init__(self, tracker: Tracker, run_id: str, lock: Lock | None):
+    def __init__(self, tracker: Tracker, run_id: str, lock: Claim | None):
         self.tracker, self.run_id, self.lock = tracker, run_id, lock
         self.client = tracker.client
 
@@ -275,9 +279,45 @@ class RunHandle:
                 self.lock.release()
 
 
+# Requests after the reachability check: MLflow's own retry machinery (urllib3 Retry on
+# connect and read errors and on 429/5xx, POSTs included), with backoff 0, 4, 8, ... s:
+# about 4 minutes in all, enough for a tracking server restart (~10 s) or a short outage.
+# Values already in the environment win.
+HTTP_RETRIES = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "7",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "120",
+}
+# The reachability check itself: no retries, short timeout -- a wrong URI is one line in seconds.
+HTTP_PROBE = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+
+
+@contextlib.contextmanager
+def _environ(values: dict):
+    """``values`` in ``os.environ`` for the duration (MLflow reads these per request)."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def http_retry_env() -> dict[str, str]:
+    """The retry settings this process uses (its environment first, then ``HTTP_RETRIES``):
+    what a driver hands to workers, which do not inherit its environment."""
+    return {k: os.environ.get(k, v) for k, v in HTTP_RETRIES.items()}
+
+
 def check_reachable(uri: str, timeout: float = 3.0) -> None:
     """Fail fast -- before any training -- when the tracking store cannot be used."""
     parsed = urlparse(uri)
+    probe: dict = {}
     if parsed.scheme in ("http", "https"):
         host, port = parsed.hostname, parsed.port or (443 if parsed.scheme == "https" else 80)
         try:
@@ -285,11 +325,18 @@ def check_reachable(uri: str, timeout: float = 3.0) -> None:
                 pass
         except OSError as exc:
             raise TrackingError(
-                f"tracking server {uri} is unreachable ({exc.strerror or exc}); start it "
+                f"tracking server {redact(uri)} is unreachable ({exc.strerror or exc}); start it "
                 f"(mlflow server --host {host} --port {port}) or unset MLFLOW_TRACKING_URI to use the local SQLite store"
             ) from None
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+        probe = HTTP_PROBE
+        for k, v in HTTP_RETRIES.items():
+            os.environ.setdefault(k, v)
+    elif parsed.scheme.split("+", 1)[0] in ("postgresql", "postgres"):
+        import importlib.util
+
+        if importlib.util.find_spec("psycopg2") is None:
+            raise TrackingError(f"tracking store {redact(uri)} needs the PostgreSQL driver, which is not installed; "
+                                f"pip install -e '.[postgres]'")
     elif parsed.scheme == "sqlite":
         db = Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
         if db is not None:
@@ -305,10 +352,11 @@ def check_reachable(uri: str, timeout: float = 3.0) -> None:
                 f"(or set MLFLOW_ALLOW_FILE_STORE=true)"
             )
     try:
-        MlflowClient(uri).search_experiments(max_results=1)
+        with _environ(probe):
+            MlflowClient(uri).search_experiments(max_results=1)
     except Exception as exc:  # any store error: say it once, clearly
         first = str(getattr(exc, "message", exc)).splitlines()[0] if str(exc) else type(exc).__name__
-        raise TrackingError(f"tracking store {uri} cannot be used ({first[:300]})") from None
+        raise TrackingError(f"tracking store {redact(uri)} cannot be used ({first[:300]})") from None
 
 
 def search_runs_frame(experiment_names: list[str], filter_string: str = ""):

@@ -20,23 +20,24 @@ def real_data_dir() -> Path | None:
     return None
 
 
-def make_npz(folder: Path, flag: str, n=(40, 16, 16), seed: int = 0) -> Path:
-    """A small file with the official layout (keys, dtypes, shapes) of ``flag``; random content."""
+def make_npz(folder: Path, flag: str, n=(40, 16, 16), seed: int = 0, size: int = 28) -> Path:
+    """A small file with the official layout (keys, dtypes, shapes, file name) of ``flag`` at
+    ``size`` px; random content."""
     from bench.data import get_spec
 
-    spec = get_spec(flag)
+    spec = get_spec(flag, size)
     rng = np.random.default_rng(seed)
     arrays = {}
-    for split, size in zip(("train", "val", "test"), n):
-        labels = (rng.random((size, spec.n_labels)) < 0.3).astype(np.uint8)
+    for split, count in zip(("train", "val", "test"), n):
+        labels = (rng.random((count, spec.n_labels)) < 0.3).astype(np.uint8)
         labels[0, :], labels[1, :] = 1, 0  # both classes in every label
-        images = rng.integers(0, 60, (size, *spec.image_shape), dtype=np.uint8)
+        images = rng.integers(0, 60, (count, *spec.image_shape), dtype=np.uint8)
         # make the task learnable: positives are brighter
         bright = labels[:, 0].astype(bool)
         images[bright] = np.minimum(images[bright].astype(int) + 120, 255).astype(np.uint8)
         arrays[f"{split}_images"], arrays[f"{split}_labels"] = images, labels
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{flag}.npz"
+    path = folder / spec.file_name
     np.savez_compressed(path, **arrays)
     return path
 

@@ -33,6 +33,7 @@ def synthetic_export() -> pd.DataFrame:
                         "params.protocol": "official", "params.fold": "", "params.epochs": "100",
                         "tags.bench_cell_id": f"{dataset}-{recipe}-{aug}-{seed}", "tags.bench_group_id": f"{dataset}-{recipe}-{aug}",
                         "tags.bench_suite": "golden", "tags.bench_status": "finished", "tags.bench_git_commit": "abc1234",
+                        "tags.bench_code_digest": "c0de00000000",
                         "tags.data_md5": "0" * 32, "tags.data_verified": str(verified).lower(),
                         "metrics.test_auc": auc, "metrics.test_auprc": auc - 0.2, "metrics.test_f1": auc - 0.3,
                         "metrics.test_acc": auc - 0.05, "metrics.test_acc_tuned": auc - 0.04,
@@ -50,7 +51,7 @@ def test_newest_run_per_cell_wins():
 
 def test_golden_markdown():
     runs = collect.tidy(collect.roundtrip(synthetic_export()))
-    md = render.markdown("golden", runs, A.aggregate(runs), A.paired_vs_baseline(runs), STAMP, "abc1234")
+    md = render.markdown("golden", runs, A.aggregate(runs), A.paired(runs), STAMP)
     if os.environ.get("BENCH_UPDATE_GOLDEN") == "1":  # regenerate deliberately, then review the diff
         GOLDEN.write_text(md)
     assert md == GOLDEN.read_text()
@@ -59,7 +60,7 @@ def test_golden_markdown():
 def test_aggregate_values():
     runs = collect.tidy(synthetic_export())
     agg = A.aggregate(runs)
-    row = agg[(agg.dataset == "breastmnist") & (agg.recipe == "aucm") & (~agg.aug)].iloc[0]
+    row = agg[(agg.dataset == "breastmnist") & (agg.recipe == "aucm") & (agg.aug == "off")].iloc[0]
     vals = np.array([0.892, 0.902, 0.912])
     assert row["n"] == 3 and row["test_auc_mean"] == pytest.approx(vals.mean())
     assert row["test_auc_std"] == pytest.approx(vals.std(ddof=1))
@@ -69,12 +70,12 @@ def test_aggregate_values():
 
 def test_incomplete_group_is_marked():
     runs = collect.tidy(synthetic_export())
-    runs = runs.drop(runs[(runs.recipe == "aucm") & (runs.seed == 2) & (~runs.aug) & (runs.dataset == "breastmnist")].index)
+    runs = runs.drop(runs[(runs.recipe == "aucm") & (runs.seed == 2) & (runs.aug == "off") & (runs.dataset == "breastmnist")].index)
     agg = A.aggregate(runs)
     inc = agg[agg["incomplete"]]
     assert len(inc) == 1 and inc.iloc[0]["n"] == 2 and inc.iloc[0]["expected_n"] == 3
-    table = render.dataset_table(agg, render.load_reference(), "breastmnist", "official")
-    assert "2/3 (incomplete)" in table
+    table = render.dataset_table(agg, render.load_reference(), "breastmnist", 28, "official")
+    assert "2 of 3 (incomplete)" in table
 
 
 def test_paired_test_known_answer():
@@ -82,7 +83,9 @@ def test_paired_test_known_answer():
     base = pd.DataFrame({"dataset": "b", "recipe": "ce", "model": "m", "aug": False, "protocol": "official",
                          "seed": range(6), "fold": -1, "test_auc": 0.8})
     dam = base.assign(recipe="aucm", test_auc=0.8 + d)
-    p = A.paired_vs_baseline(pd.concat([base, dam]))
+    base = base.assign(size=28, objective="ce")
+    dam = dam.assign(size=28, objective="aucm")
+    p = A.paired(pd.concat([base, dam]))
     row = p.iloc[0]
     assert row["n_pairs"] == 6 and row["wins"] == 6 and row["mean_diff"] == pytest.approx(0.035)
     # exact two-sided Wilcoxon with all 6 differences positive: 2 / 2^6
@@ -93,11 +96,11 @@ def test_paired_test_known_answer():
     tstat = d.mean() / (d.std(ddof=1) / np.sqrt(6))
     assert row["ttest_p"] == pytest.approx(2 * tdist.sf(tstat, 5))
     assert row["note"] == ""
-    small = A.paired_vs_baseline(pd.concat([base[:3], dam[:3]])).iloc[0]
+    small = A.paired(pd.concat([base[:3], dam[:3]])).iloc[0]
     assert "cannot reach p<0.05" in small["note"] and small["wilcoxon_p"] == pytest.approx(0.25)
     # the same 6 pairs split over two datasets: 3 pairs per dataset, and one pooled row of 6
     two = pd.concat([base, dam]).assign(dataset=lambda f: np.where(f["seed"] < 3, "b", "c"))
-    pooled = A.paired_vs_baseline(two).set_index("dataset").loc["all (pooled)"]
+    pooled = A.paired(two).set_index("dataset").loc["all (pooled)"]
     assert pooled.iloc[0]["n_pairs"] == 6 and pooled.iloc[0]["wilcoxon_p"] == pytest.approx(2 / 64)
     # one DAM recipe per dataset: a second pooled row over all pairs (here the same 6)
     assert len(pooled) == 2 and pooled.iloc[1]["recipe"] == "each dataset's DAM recipe" and pooled.iloc[1]["n_pairs"] == 6
@@ -124,7 +127,7 @@ def test_aggregate_equals_direct_recomputation_from_mlflow(tmp_path):
     build_leaderboard("golden", out_dir=tmp_path, charts=False, generated_at=STAMP)
     ours = pd.read_csv(tmp_path / "golden.csv")
     direct = mlflow.search_runs(experiment_names=["medauc-bench/golden"], filter_string="attributes.status = 'FINISHED'")
-    direct["aug"] = direct["params.aug"] == "True"
+    direct["aug"] = direct["params.aug"].map({"True": "on", "False": "off"})
     expect = direct.groupby(["params.dataset", "params.recipe", "aug"])["metrics.test_auc"].agg(["mean", "std", "count"])
     for (dataset, recipe, aug), e in expect.iterrows():
         got = ours[(ours.dataset == dataset) & (ours.recipe == recipe) & (ours.aug == aug)].iloc[0]
@@ -145,15 +148,131 @@ def test_regeneration_from_csv_equals_mlflow(tmp_path):
     assert (a / "golden.csv").read_text() == (b / "golden.csv").read_text()
 
 
-def test_charts_are_written(tmp_path):
+def test_chart_draws_the_aggregated_means(tmp_path):
     runs = collect.tidy(synthetic_export())
-    render.chart(A.aggregate(runs), "breastmnist", render.load_reference(), tmp_path / "c.png")
-    assert (tmp_path / "c.png").stat().st_size > 5000
+    agg = A.aggregate(runs)
+    recipes, bars = render.chart_data(agg, "breastmnist")
+    assert recipes == ["aucm", "ce"] and set(bars) == {"off", "on"}
+    for aug, (means, stds) in bars.items():
+        for recipe, m, s in zip(recipes, means, stds):
+            row = agg[(agg.dataset == "breastmnist") & (agg.recipe == recipe) & (agg.aug == aug)].iloc[0]
+            assert m == pytest.approx(row["test_auc_mean"]) and s == pytest.approx(row["test_auc_std"])
+    render.chart(agg, "breastmnist", render.load_reference(), tmp_path / "c.png")
+    import matplotlib.image as mpimg
+
+    img = mpimg.imread(tmp_path / "c.png")
+    assert img.shape[0] > 300 and img.std() > 0.05  # a real picture, not a blank canvas
 
 
 def test_chestmnist_acc_caveat():
     export = synthetic_export()
     export["params.dataset"] = export["params.dataset"].replace({"breastmnist": "chestmnist"})
     runs = collect.tidy(export)
-    md = render.markdown("x", runs, A.aggregate(runs), A.paired_vs_baseline(runs), STAMP, "")
+    md = render.markdown("x", runs, A.aggregate(runs), A.paired(runs), STAMP)
     assert "all-negative rate" in md
+
+
+def _runs(recipes_aucs: dict, protocol="official", folds=(-1,), dataset="b", seeds=range(3), code="c0de"):
+    """A tidy runs frame: recipe -> f(seed, fold) giving test AUC."""
+    rows = []
+    for recipe, f in recipes_aucs.items():
+        for seed in seeds:
+            for fold in folds:
+                auc = f(seed, fold)
+                rows.append({"dataset": dataset, "size": 28, "recipe": recipe, "objective": recipe.split("_")[0],
+                             "init_from": "ce" if recipe.endswith("_ft") else "", "model": "resnet18_28", "aug": "off",
+                             "protocol": protocol, "seed": seed, "fold": fold, "epochs": 5, "data_verified": True,
+                             "code": code, "commit": "abc", "dirty": False, "test_auc": auc, "val_auc": auc,
+                             **{m: auc for m in A.TEST_METRICS[1:]}})
+    return pd.DataFrame(rows)
+
+
+def test_cv5_folds_are_averaged_per_seed_before_statistics():
+    f_ce = lambda s, k: 0.80 + 0.01 * s + 0.002 * k
+    f_dam = lambda s, k: 0.81 + 0.01 * s + 0.004 * k
+    runs = _runs({"ce": f_ce, "aucm": f_dam}, protocol="cv5", folds=range(5))
+    agg = A.aggregate(runs).set_index("recipe")
+    assert agg.loc["ce", "n"] == 3 and agg.loc["ce", "n_runs"] == 15 and agg.loc["ce", "folds"] == 5
+    seed_means = [np.mean([f_ce(s, k) for k in range(5)]) for s in range(3)]
+    assert agg.loc["ce", "test_auc_std"] == pytest.approx(np.std(seed_means, ddof=1))
+    p = A.paired(runs).iloc[0]
+    assert p["n_pairs"] == 3  # pairs per seed, not 15 fold x seed pairs
+    assert p["mean_diff"] == pytest.approx(0.01 + 0.002 * 2)
+
+
+def test_dam_is_compared_with_the_budget_matched_control_and_with_ce():
+    runs = _runs({"ce": lambda s, k: 0.80 + 0.01 * s, "ce_ft": lambda s, k: 0.805 + 0.01 * s,
+                  "aucm_ft": lambda s, k: 0.812 + 0.01 * s})
+    p = A.paired(runs, primary="ce_ft")
+    vs = {(r.control, r.recipe): r.mean_diff for r in p.itertuples()}
+    assert vs[("ce_ft", "aucm_ft")] == pytest.approx(0.007)
+    assert vs[("ce", "aucm_ft")] == pytest.approx(0.012) and vs[("ce", "ce_ft")] == pytest.approx(0.005)
+    assert ("ce_ft", "ce") not in vs  # a control is never a treatment of the first control
+    md = render.markdown("x", runs, A.aggregate(runs), p, STAMP)
+    assert "### Against `ce_ft`" in md and "budget-matched control" in md and "### Against `ce`" in md
+
+
+def test_groups_name_their_code_and_flag_mixed_or_dirty_code():
+    runs = pd.concat([_runs({"ce": lambda s, k: 0.8}, code="aaaa1111"), _runs({"aucm": lambda s, k: 0.8}, code="bbbb2222")])
+    runs.loc[(runs.recipe == "aucm") & (runs.seed == 2), "code"] = "cccc3333"
+    runs.loc[(runs.recipe == "ce") & (runs.seed == 0), "dirty"] = True
+    agg = A.aggregate(runs).set_index("recipe")
+    assert agg.loc["aucm", "mixed_code"] and not agg.loc["ce", "mixed_code"] and agg.loc["ce", "dirty"]
+    table = render.dataset_table(agg.reset_index(), render.load_reference(), "b", 28, "official")
+    assert "bbbb2222,cccc3333 ⚠ mixed code" in table and "aaaa1111 ⚠ dirty tree" in table
+    assert "1 run(s) from a dirty tree" in render.code_line(runs)
+
+
+COMMITTED = sorted(p for p in (Path(__file__).parents[1] / "leaderboard").glob("*-runs.csv"))
+
+
+@pytest.mark.parametrize("runs_csv", COMMITTED, ids=[p.name for p in COMMITTED])
+def test_committed_leaderboards_regenerate_byte_for_byte(runs_csv, tmp_path):
+    """Every committed leaderboard is exactly what its run export generates (nothing typed by hand)."""
+    import re
+
+    from bench.config import available_suites, load_suite
+
+    suite = runs_csv.name[: -len("-runs.csv")]
+    committed = runs_csv.with_name(f"{suite}.md").read_text()
+    stamp = re.search(r"generated (\d{4}-\d\d-\d\d \d\d:\d\d UTC)\.", committed).group(1)
+    declared = load_suite(suite) if suite in available_suites() else None
+    md = build_leaderboard(suite, out_dir=tmp_path, from_csv=runs_csv, charts=False, generated_at=stamp,
+                           declared=declared)
+    assert md.read_text() == committed
+    findings = runs_csv.with_name(f"{suite}-findings.md")
+    if findings.exists():
+        from leaderboard.findings import readme_block
+
+        assert (tmp_path / findings.name).read_text() == findings.read_text()
+        block = readme_block(findings)
+        assert block is None or block == findings.read_text().rstrip("\n")
+
+
+def test_search_rule_picks_by_validation_only_and_records_the_budget():
+    from leaderboard.selection import search_record, winners
+
+    runs = _runs({"ce": lambda s, k: 0.80, "ce_swa": lambda s, k: 0.82, "aucm_ft": lambda s, k: 0.81,
+                  "compauc_ft": lambda s, k: 0.81})
+    runs["test_auc"] = 1 - runs["val_auc"]  # test disagrees everywhere: it must not matter
+    select = {"families": {"ce": ["ce", "ce_swa"], "dam": ["aucm_ft", "compauc_ft"]}}
+    won = winners(runs, select)
+    assert won[("b", "ce")][0] == "ce_swa"
+    assert won[("b", "dam")][0] == "aucm_ft"  # a tie goes to the configuration listed first
+    rec = search_record(runs, select)
+    assert "**ce_swa**" in rec and "unequal" not in rec
+    uneven = winners(runs[runs.recipe != "compauc_ft"], select)
+    assert uneven[("b", "dam")][0] == "aucm_ft"
+    assert "unequal budget" in search_record(runs[runs.recipe != "compauc_ft"], select)
+
+
+def test_readme_block_is_replaced_between_markers(tmp_path):
+    from leaderboard.findings import BEGIN, END, readme_block, update_readme
+
+    f = tmp_path / "demo-findings.md"
+    f.write_text("## Findings\n\nnew table\n")
+    name = "leaderboard/demo-findings.md"
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{BEGIN.format(name=name, suite='demo')}\nold\n{END.format(name=name)}\nrest\n")
+    update_readme(f, readme)
+    assert readme_block(f, readme) == "## Findings\n\nnew table" and readme.read_text().endswith("rest\n")

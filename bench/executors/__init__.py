@@ -1,0 +1,94 @@
+"""Executors: who runs the cells of a plan, and where.
+
+Data flows one way: suite YAML -> cells -> :class:`~bench.executors.plan.Plan` (driver) ->
+executor -> :func:`bench.worker.run_task` (data -> fit -> score, in ``bench.runner``) ->
+tracking -> leaderboard. An executor only decides *where and when* a task runs; what a task
+does is the worker's, identical for every executor.
+
+* ``local`` (default): sequential, in the driver's process, in plan order -- the behaviour
+  from before executors existed. Never imports Ray.
+* ``ray``: one Ray task per cell with declared resources; dependents start when their source
+  ends; independent cells run in parallel up to the cluster's capacity.
+
+The interface, in the order the driver calls it:
+
+1. ``connect()`` before anything is recorded: every problem a user can cause (a missing
+   extra, an unreachable or malformed address) is one line here, before any run starts.
+2. ``cluster()`` -> :class:`Cluster`: what resources requests can be checked against.
+3. ``run(plan, ctx, tracker)`` yields one :class:`bench.runner.CellResult` per planned cell,
+   as they end.
+4. ``close()``.
+"""
+from __future__ import annotations
+
+import abc
+import os
+from dataclasses import dataclass
+from typing import Iterator
+
+from bench.registry import Registry
+
+EXECUTORS: Registry = Registry("executor")
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """Capacity of where the cells run (the largest node bounds what one cell may ask)."""
+
+    cpus: float
+    gpus: float = 0.0
+    max_node_cpus: float = 0.0
+    max_node_gpus: float = 0.0
+    address: str = "this process"
+    loopback: bool = True  # every node is on this machine (shares its files)
+
+
+class Executor(abc.ABC):
+    name: str = ""
+    remote: bool = False  # tasks run in other processes (which do not inherit the driver's environment)
+
+    def connect(self) -> None:
+        """Check and connect; raise a one-line BenchError on anything a user can fix."""
+
+    @abc.abstractmethod
+    def cluster(self) -> Cluster:
+        """Capacity, after :meth:`connect`."""
+
+    @abc.abstractmethod
+    def run(self, plan, ctx, tracker) -> Iterator:
+        """Run every planned cell; yield their ``CellResult`` as they end."""
+
+    def close(self) -> None:
+        """Release what :meth:`connect` acquired (idempotent)."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _local(**options):
+    from bench.executors.local import LocalExecutor
+
+    return LocalExecutor(**options)
+
+
+def _ray(**options):
+    from bench.executors.ray_executor import RayExecutor  # imports no Ray until connect()
+
+    return RayExecutor(**options)
+
+
+EXECUTORS.register("local", description="sequential, in this process (default)")(_local)
+EXECUTORS.register("ray", description="one Ray task per cell on a Ray cluster (pip install -e '.[ray]')")(_ray)
+
+
+def get_executor(name: str, **options) -> Executor:
+    """An executor by name; an unknown name is a one-line error with a did-you-mean."""
+    return EXECUTORS.get(name, where="--executor")(**options)
+
+
+def local_cluster() -> Cluster:
+    n = float(os.cpu_count() or 1)
+    return Cluster(cpus=n, max_node_cpus=n)

@@ -1,0 +1,39 @@
+"""How long a cell takes: estimates from measured throughput, or a group's measured runs.
+
+Estimates feed the ETA log lines, ``bench suite --dry-run`` and the makespan plan
+(``bench.executors.planning``).
+"""
+from __future__ import annotations
+
+from bench import datasets as DS
+from bench.config import Cell
+from bench.models import model_info
+
+# Measured on this project's reference machine (2 CPU cores, Zen4) with
+# benchmarks/throughput.py and real cells: images or volumes per second (train, eval) in the
+# precision actually used (2D bf16; 3D fp32, see bench.train.use_bf16). Estimates only.
+CPU_SPEED = {
+    "resnet18_28": (160.0, 470.0),
+    "resnet18_3d": (2.1, 6.2),
+    "resnet18_3d_s2": (14.3, 75.6),
+    "resnet18_3d_tiny": (69.4, 314.6),
+}
+START_SECONDS = 5.0  # per cell: data load, model build, artifacts (measured: 3-6 s here)
+
+
+def estimate_parts(cell: Cell) -> tuple[float, float]:
+    """(training incl. per-epoch validation, the rest: test scoring and start-up) in seconds on the reference CPU."""
+    spec = DS.get_spec(cell.dataset)
+    n = spec.n_samples
+    n_train = n["train"] if cell.protocol == "official" else int(0.8 * (n["train"] + n["val"]))
+    n_val = n["val"] if cell.protocol == "official" else int(0.2 * (n["train"] + n["val"]))
+    tr, ev = CPU_SPEED.get(cell.model, (50.0, 200.0))
+    if model_info(cell.model).dims == 2 and spec.n_channels == 3:
+        tr, ev = tr * 0.9, ev * 0.9
+    per_epoch = n_train / tr + n_val / ev
+    return cell.train.epochs * per_epoch, (n["test"] + n_val) / ev + START_SECONDS
+
+
+def estimate_seconds(cell: Cell) -> float:
+    train, rest = estimate_parts(cell)
+    return train + rest
