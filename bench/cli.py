@@ -153,14 +153,14 @@ def cell(dataset, objective, model, aug, aug_value, seed, protocol, fold, epochs
         raise ConfigError("bench cell runs single-stage recipes; use a suite for init_from recipes")
     tracker = Tracker(experiment)
     tracker.mark_stale()
-    lock = tracker.cell_lock(the_cell.cell_id)
-    if not lock.acquire():
+    claim = tracker.claim(the_cell.cell_id)
+    if claim is None:
         raise ConfigError(f"cell {the_cell.run_name} ({the_cell.cell_id}) is being run by another process")
     try:
-        res = run_one(tracker, the_cell, "cells", None, lock, data_root=data_dir,
+        res = run_one(tracker, the_cell, "cells", None, claim, data_root=data_dir,
                       allow_unverified=allow_unverified_data, progress=_progress(progress))
     finally:
-        lock.release()
+        claim.release()
     if res.status == "finished":
         click.echo(res.line())
         return
@@ -176,19 +176,42 @@ def cell(dataset, objective, model, aug, aug_value, seed, protocol, fold, epochs
 @click.option("--dry-run", is_flag=True, help="list the cells, their status and a time estimate")
 @click.option("--experiment", default=None, help="MLflow experiment (default medauc-bench/<suite>)")
 @click.option("--no-leaderboard", is_flag=True, help="do not regenerate the leaderboard at the end")
+@click.option("--executor", default="local", show_default=True, callback=lambda c, p, v: v or "local",
+              help="local (sequential, this process) or ray (a Ray cluster; pip install -e '.[ray]')")
+@click.option("--address", default=None, callback=_default_none,
+              help="ray: auto, HOST:PORT or ray://HOST:10001 (default: a Ray instance on this machine)")
+@click.option("--max-concurrent", default=None, callback=_optional_int(1, None), help="ray: at most N cells at once")
+@click.option("--checkpoints", default=None, callback=_default_none,
+              help="all (default) | needed: keep model.pt only for cells another cell starts from")
+@click.option("--workers", default=None, callback=_optional_int(1, None), help="dry run: plan for N workers")
+@click.option("--gpus-per-worker", type=click.IntRange(min=0), default=None, help="dry run: GPUs of each worker")
+@click.option("--cpus-per-worker", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="dry run: CPUs of each worker (default: this machine's)")
 @data_dir_opt
 @unverified_opt
 @progress_opt
 @user_errors
-def suite(name, rerun, only, max_cells, dry_run, experiment, no_leaderboard, data_dir, allow_unverified_data, progress):
+def suite(name, rerun, only, max_cells, dry_run, experiment, no_leaderboard, executor, address, max_concurrent,
+          checkpoints, workers, gpus_per_worker, cpus_per_worker, data_dir, allow_unverified_data, progress):
     """Run the declared suite NAME (suites/NAME.yaml), resuming where it stopped."""
     from bench.driver import run_suite
 
     contradiction(dry_run and rerun, "--dry-run and --rerun contradict each other: a dry run trains nothing")
+    for opt, value in (("--address", address), ("--max-concurrent", max_concurrent)):
+        contradiction(executor == "local" and value is not None,
+                      f"{opt} contradicts --executor local (it runs one cell at a time in this process); "
+                      f"add --executor ray or drop {opt}")
+    contradiction(dry_run and address is not None, "--dry-run and --address contradict each other: a dry run connects "
+                  "to nothing; plan for a cluster with --workers N [--gpus-per-worker G]")
+    for opt, value in (("--workers", workers), ("--gpus-per-worker", gpus_per_worker), ("--cpus-per-worker", cpus_per_worker)):
+        contradiction(value is not None and not dry_run, f"{opt} plans a cluster in a dry run only; add --dry-run "
+                      f"(to run on a cluster: --executor ray --address ...)")
 
     out = run_suite(name, rerun=rerun, only=only, max_cells=max_cells, dry=dry_run, data_root=data_dir,
                     allow_unverified=allow_unverified_data, experiment=experiment, progress=_progress(progress),
-                    leaderboard=not no_leaderboard)
+                    leaderboard=not no_leaderboard, executor=executor, address=address, max_concurrent=max_concurrent,
+                    checkpoints=checkpoints, workers=workers, gpus_per_worker=gpus_per_worker,
+                    cpus_per_worker=cpus_per_worker)
     if dry_run:
         click.echo(out)
         return
@@ -223,6 +246,46 @@ def shift(suite_name, experiment, no_leaderboard, data_dir, allow_unverified_dat
         from leaderboard.build import build_leaderboard
 
         click.echo(f"wrote {build_leaderboard(suite.name, experiment=tracker.experiment_name, declared=suite)}")
+
+
+@main.command()
+@click.option("--suite", "suite_name", default=None, help="print only this suite's runs-table link")
+@click.option("--port", type=click.IntRange(1, 65535), default=5000, show_default=True)
+@click.option("--links-only", is_flag=True, help="print the links, do not start `mlflow ui`")
+@user_errors
+def ui(suite_name, port, links_only):
+    """Start the MLflow UI on 127.0.0.1 for the tracking store and print each suite's runs-table link.
+
+    MLflow 3.17 opens an experiment on an empty GenAI "Traces" page; the printed links open the
+    runs table (model-training view, with the benchmark's columns) directly.
+    """
+    import subprocess
+
+    from bench.mlflow_native import runs_table_url
+    from bench.tracking import check_reachable, tracking_uri
+
+    uri = tracking_uri()
+    check_reachable(uri)
+    from mlflow import MlflowClient
+
+    served = uri.startswith(("http://", "https://"))
+    base = uri.rstrip("/") if served else f"http://127.0.0.1:{port}"
+    exps = [e for e in MlflowClient(uri).search_experiments() if e.name.startswith("medauc-bench/")]
+    if suite_name:
+        from bench.config import load_suite
+
+        wanted = load_suite(suite_name).experiment
+        exps = [e for e in exps if e.name == wanted]
+    for e in sorted(exps, key=lambda e: e.name):
+        click.echo(f"{e.name}: {runs_table_url(base, e.experiment_id)}")
+    if not exps:
+        click.echo("no medauc-bench experiments yet: run `bench suite smoke` first")
+    if links_only or served:
+        return
+    click.echo(f"starting mlflow ui on http://127.0.0.1:{port} (Ctrl-C stops it)")
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    subprocess.run([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1",
+                    "--port", str(port)], env=env, check=False)
 
 
 @main.command("list")

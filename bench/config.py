@@ -200,8 +200,10 @@ def load_merged(path: Path, _seen: tuple = ()) -> dict:
     merged: dict = {}
     for inc in includes:
         inc_path = (path.parent / inc).resolve()
+        if not inc_path.is_file() and (suites_dir() / inc).is_file():
+            inc_path = (suites_dir() / inc).resolve()  # an outside suite including the benchmark's defaults
         if not inc_path.is_file():
-            raise ConfigError(f"{path}: included file '{inc}' not found in {path.parent}")
+            raise ConfigError(f"{path}: included file '{inc}' not found in {path.parent} or {suites_dir()}")
         merged = deep_merge(merged, load_merged(inc_path, (*_seen, path)))
     return deep_merge(merged, doc)
 

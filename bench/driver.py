@@ -185,7 +185,7 @@ def run_suite(name: str, *, rerun=False, only=(), max_cells=None, dry=False, dat
               checkpoints=None, workers=None, gpus_per_worker=None, cpus_per_worker=None):
     """Run (or with ``dry`` plan) suite ``name``; ``executor`` is a name in ``bench.executors.EXECUTORS``
     or an :class:`~bench.executors.Executor` (connected or not)."""
-    from bench.executors import Executor, get_executor
+    from bench.executors import EXECUTORS, Executor
     from bench.executors.plan import build_plan, checkpoint_policy, needed_sources
     from bench.executors.resources import check_requests, parse_resources
     from bench.tracking import Tracker  # the driver depends on tracking, never the reverse
@@ -204,9 +204,12 @@ def run_suite(name: str, *, rerun=False, only=(), max_cells=None, dry=False, dat
     if isinstance(executor, Executor):
         ex = executor
     else:
-        options = {"address": address, "max_concurrent": max_concurrent} if executor != "local" else {}
-        ex = None if dry else get_executor(executor, **options)
-    tracker = Tracker(experiment or suite.experiment, reuse=suite.reuse, executor=getattr(ex, "name", executor))
+        factory = EXECUTORS.get(executor, where="--executor")  # a typo is an error even in a dry run
+        options = {k: v for k, v in (("address", address), ("max_concurrent", max_concurrent)) if v is not None}
+        if executor == "local" and options:
+            raise ConfigError(f"{', '.join('--' + k.replace('_', '-') for k in options)}: only for --executor ray")
+        ex = None if dry else factory(**options)
+    tracker = Tracker(experiment or suite.experiment, reuse=suite.reuse, executor=ex.name if ex else executor)
     tracker.mark_stale()
     finished = tracker.finished_cells()
     if dry:
@@ -220,8 +223,7 @@ def run_suite(name: str, *, rerun=False, only=(), max_cells=None, dry=False, dat
 
         require_backends({c.dataset for c in suite.cells()})
     with ex:
-        if ex.cluster() is None:
-            ex.connect()
+        ex.connect()  # before anything is recorded: a bad address or a missing extra is one line
         cluster = ex.cluster()
         if ex.remote:
             check_requests(cells, policy, cluster)
@@ -230,7 +232,8 @@ def run_suite(name: str, *, rerun=False, only=(), max_cells=None, dry=False, dat
                           checkpoints=keep, all_cells=all_cells)
         summary, parent_id = execute_plan(suite, plan, tracker, ex, len(cells), data_root=data_root,
                                           allow_unverified=allow_unverified, rerun=rerun, progress=progress)
-        summary.skipped += len(cells) - sum(1 for p in plan.items if p.task.cell in cells)
+        planned = {p.cell_id for p in plan.items}
+        summary.skipped += sum(c.cell_id not in planned for c in cells)
         if ex.remote:  # runs of workers that died for good (retries used up) must not stay RUNNING
             tracker.mark_stale()
     if suite.doc.get("ensembles"):

@@ -139,6 +139,17 @@ class Tracker:
                     newest[cid] = r
         return sorted(newest.values(), key=lambda r: r.info.start_time)
 
+    def measured_train_seconds(self) -> dict[str, dict[str, float]]:
+        """group id -> device type (cpu, cuda) -> mean ``train_seconds`` of FINISHED cell runs here
+        and in the reused experiments, any code: what planning (``--dry-run --workers``) knows."""
+        acc: dict[str, dict[str, list]] = {}
+        for r in self._search("attributes.status = 'FINISHED' and tags.bench_role = 'cell'", reuse=True):
+            seconds, group = r.data.metrics.get("train_seconds"), r.data.tags.get("bench_group_id")
+            if seconds is not None and group:
+                device = (r.data.tags.get("device") or "cpu").split(":")[0]
+                acc.setdefault(group, {}).setdefault(device, []).append(seconds)
+        return {g: {d: sum(v) / len(v) for d, v in by.items()} for g, by in acc.items()}
+
     def claim(self, key: str) -> Claim | None:
         """Claim ``key`` (a cell id) in this tracker's claim store; None when another process holds it."""
         return self.claims.claim(key)

@@ -17,11 +17,11 @@ from bench.models import MODELS, create_model, model_info
 from bench.train import cpu_has_bf16
 
 
-def measure(name: str, bf16: bool, train: bool, batch: int, seconds: float) -> float:
+def measure(name: str, bf16: bool, train: bool, batch: int, seconds: float, size: int = 28) -> float:
     dims = model_info(name).dims
     torch.manual_seed(0)
     model = create_model(name, 1, 1)
-    x = torch.randn(batch, 1, *([28] * dims))
+    x = torch.randn(batch, 1, *([size] * dims))
     y = torch.randint(0, 2, (batch, 1)).float()
     fmt = torch.channels_last if dims == 2 else torch.channels_last_3d
     if bf16:
@@ -55,14 +55,15 @@ def main() -> None:
     precisions = [False, True] if cpu_has_bf16() else [False]
     for name in args.models.split(","):
         batch = 128 if model_info(name).dims == 2 else 16
+        size = 64 if name == "resnet18" else 28  # the ImageNet-style ResNet is for MedMNIST+ sizes
         for bf16 in precisions:
-            tr = measure(name, bf16, True, batch, args.seconds)
-            ev = measure(name, bf16, False, batch * 4, args.seconds)
-            rows.append([name, "bf16" if bf16 else "fp32", batch, f"{tr:.1f}", f"{ev:.1f}"])
+            tr = measure(name, bf16, True, batch, args.seconds, size)
+            ev = measure(name, bf16, False, batch * 4, args.seconds, size)
+            rows.append([name, size, "bf16" if bf16 else "fp32", batch, f"{tr:.1f}", f"{ev:.1f}"])
             print(tabulate([rows[-1]], tablefmt="plain"), flush=True)
     print()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
-    print(tabulate(rows, ["model", "precision", "train batch", "train img/s", "eval img/s"]))
+    print(tabulate(rows, ["model", "px", "precision", "train batch", "train img/s", "eval img/s"]))
 
 
 if __name__ == "__main__":

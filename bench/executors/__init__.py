@@ -48,7 +48,10 @@ class Executor(abc.ABC):
     remote: bool = False  # tasks run in other processes (which do not inherit the driver's environment)
 
     def connect(self) -> None:
-        """Check and connect; raise a one-line BenchError on anything a user can fix."""
+        """Check and connect (idempotent); raise a one-line BenchError on anything a user can fix."""
+
+    def check_store(self, tracker) -> None:
+        """Raise when the tasks could not reach ``tracker``'s store or artifacts (remote executors)."""
 
     @abc.abstractmethod
     def cluster(self) -> Cluster:

@@ -148,6 +148,8 @@ class RayExecutor(Executor):
 
     # ------------------------------------------------------------------ connection
     def connect(self) -> None:
+        if self.ray is not None:
+            return
         addr = resolve_auto() if self.address.kind == "auto" else self.address
         self.address = addr
         ray = import_ray(loopback=addr.loopback)
