@@ -267,14 +267,23 @@ class PostgresClaims(Claims):
             raise TrackingError(f"claims store {redact(self.dsn)}: cannot claim {key} ({_first_line(exc)})") from None
         return PostgresClaim(key, conn, owner, self._psycopg2.Error)
 
-    def is_free(self, key: str) -> bool:
+    def _is_free(self, key: str) -> bool:
         # the control connection never keeps a lock, so its try-lock sees every holder
+        if not self._try_lock(self._control, key):
+            return False
+        with self._control.cursor() as cur:
+            cur.execute("SELECT pg_advisory_unlock(%s)", (advisory_key(key),))
+        return True
+
+    def is_free(self, key: str) -> bool:
         try:
-            if not self._try_lock(self._control, key):
-                return False
-            with self._control.cursor() as cur:
-                cur.execute("SELECT pg_advisory_unlock(%s)", (advisory_key(key),))
-            return True
+            try:
+                return self._is_free(key)
+            except self._psycopg2.Error:
+                if not self._control.closed:
+                    raise
+                self._control = self._connect()  # PostgreSQL restarted since: a new session, once
+                return self._is_free(key)
         except self._psycopg2.Error as exc:
             raise TrackingError(f"claims store {redact(self.dsn)}: cannot check {key} ({_first_line(exc)})") from None
 

@@ -53,6 +53,8 @@ data_dir_opt = click.option("--data-dir", type=click.Path(file_okay=False), defa
 unverified_opt = click.option("--allow-unverified-data", is_flag=True, default=None,
                               help="accept data whose MD5 differs from the official one (runs are tagged)")
 progress_opt = click.option("--progress/--no-progress", default=None, help="progress bars (default: on a terminal)")
+system_metrics_opt = click.option("--system-metrics", is_flag=True,
+                                  help="log CPU, memory (and GPU) utilisation into each cell run (MLflow system metrics)")
 
 
 def _default_none(ctx, param, value):
@@ -112,9 +114,10 @@ def _terminate(signum, frame):
 @data_dir_opt
 @unverified_opt
 @progress_opt
+@system_metrics_opt
 @user_errors
 def cell(dataset, objective, model, aug, aug_value, seed, protocol, fold, epochs, batch_size, precision, experiment,
-         data_dir, allow_unverified_data, progress):
+         data_dir, allow_unverified_data, progress, system_metrics):
     """Train and evaluate one cell as one MLflow run."""
     src = click.get_current_context().get_parameter_source
     contradiction(aug_value is not None and src("aug").name == "COMMANDLINE",
@@ -151,7 +154,8 @@ def cell(dataset, objective, model, aug, aug_value, seed, protocol, fold, epochs
     the_cell = cells[0]
     if the_cell.init_from:
         raise ConfigError("bench cell runs single-stage recipes; use a suite for init_from recipes")
-    tracker = Tracker(experiment)
+    tracker = Tracker(experiment, description="Single cells run with `bench cell` (one run each).",
+                      system_metrics=system_metrics)
     tracker.mark_stale()
     claim = tracker.claim(the_cell.cell_id)
     if claim is None:
@@ -176,7 +180,7 @@ def cell(dataset, objective, model, aug, aug_value, seed, protocol, fold, epochs
 @click.option("--dry-run", is_flag=True, help="list the cells, their status and a time estimate")
 @click.option("--experiment", default=None, help="MLflow experiment (default medauc-bench/<suite>)")
 @click.option("--no-leaderboard", is_flag=True, help="do not regenerate the leaderboard at the end")
-@click.option("--executor", default="local", show_default=True, callback=lambda c, p, v: v or "local",
+@click.option("--executor", default="local", show_default=True,
               help="local (sequential, this process) or ray (a Ray cluster; pip install -e '.[ray]')")
 @click.option("--address", default=None, callback=_default_none,
               help="ray: auto, HOST:PORT or ray://HOST:10001 (default: a Ray instance on this machine)")
@@ -190,9 +194,11 @@ def cell(dataset, objective, model, aug, aug_value, seed, protocol, fold, epochs
 @data_dir_opt
 @unverified_opt
 @progress_opt
+@system_metrics_opt
 @user_errors
 def suite(name, rerun, only, max_cells, dry_run, experiment, no_leaderboard, executor, address, max_concurrent,
-          checkpoints, workers, gpus_per_worker, cpus_per_worker, data_dir, allow_unverified_data, progress):
+          checkpoints, workers, gpus_per_worker, cpus_per_worker, data_dir, allow_unverified_data, progress,
+          system_metrics):
     """Run the declared suite NAME (suites/NAME.yaml), resuming where it stopped."""
     from bench.driver import run_suite
 
@@ -211,7 +217,7 @@ def suite(name, rerun, only, max_cells, dry_run, experiment, no_leaderboard, exe
                     allow_unverified=allow_unverified_data, experiment=experiment, progress=_progress(progress),
                     leaderboard=not no_leaderboard, executor=executor, address=address, max_concurrent=max_concurrent,
                     checkpoints=checkpoints, workers=workers, gpus_per_worker=gpus_per_worker,
-                    cpus_per_worker=cpus_per_worker)
+                    cpus_per_worker=cpus_per_worker, system_metrics=system_metrics)
     if dry_run:
         click.echo(out)
         return

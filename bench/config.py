@@ -284,7 +284,8 @@ SCHEMA: dict = {
     "recipes": ANY,  # validated in resolve_recipe
     "datasets": ANY,  # validated per dataset below
     "analysis": ANY,  # leaderboard: controls and endpoints (leaderboard.analysis)
-    "resources": ANY,  # executor resources per cell (bench.executors)
+    "resources": ANY,  # executor resources per cell (bench.executors.resources)
+    "checkpoints": str,  # all | needed: which runs keep model.pt (bench.executors.plan)
 }
 DATASET_SCHEMA = {"model": str, "size": int, "train": SCHEMA["train"], "finetune": SCHEMA["finetune"],
                   "objectives": ANY, "recipes": ANY}

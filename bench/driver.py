@@ -15,7 +15,6 @@ import os
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from tabulate import tabulate
 
@@ -115,8 +114,14 @@ def dry_run(suite: Suite, cells: list[Cell], finished: dict) -> str:
     return tabulate(rows, head, tablefmt="simple") + footer
 
 
+def experiment_description(suite: Suite) -> str:
+    """The experiment's description in the MLflow UI, from the suite file."""
+    return (f"**{suite.name}**: {suite.description}\n\nRuntime: {suite.runtime}\n\nSuite file: `{suite.path.name}`; "
+            f"leaderboard: `leaderboard/{suite.name}.md` (generated from these runs).")
+
+
 def worker_context(suite: Suite, tracker, executor, parent_id: str | None, *, data_root, allow_unverified, rerun,
-                   progress):
+                   progress, system_metrics=False):
     """What every task needs, explicit: remote workers do not inherit this process's environment."""
     from bench.claims import FileClaims
     from bench.provenance import code_digest
@@ -135,15 +140,16 @@ def worker_context(suite: Suite, tracker, executor, parent_id: str | None, *, da
         claims_uri=str(claims.lock_dir) if isinstance(claims, FileClaims) else getattr(claims, "dsn", None),
         data_dir=data_root, data_dir_is_hint=remote, allow_unverified=allow_unverified, rerun=rerun,
         progress=progress and not remote, shift=bool(suite.doc.get("shift")), executor=executor.name,
-        http_env=tuple(sorted(http_retry_env().items())),
+        http_env=tuple(sorted(http_retry_env().items())), system_metrics=system_metrics,
     )
 
 
 def execute_plan(suite: Suite, plan, tracker, executor, n_cells: int, **ctx_options) -> tuple[Summary, str]:
     """Open the parent run, let ``executor`` run ``plan``, close the parent; returns (summary, parent run id)."""
     summary = Summary(suite.name)
-    log.info("suite %s: %d cells, %d to run (experiment '%s', store %s, executor %s)", suite.name, n_cells, len(plan),
-             tracker.experiment_name, tracker.uri, executor.name)
+    log.info("suite %s: %d cells selected, %d task(s) to run, unfinished source cells included (experiment '%s', "
+             "store %s, executor %s)", suite.name, n_cells, len(plan), tracker.experiment_name, tracker.uri,
+             executor.name)
     t0 = time.perf_counter()
     parent = tracker.start_parent(suite.name, {"bench_suite_file": str(suite.path), "bench_cells": n_cells})
     status = "FINISHED"
@@ -180,12 +186,25 @@ def plan_report(plan, tracker, suite: Suite, keep: set[str], workers, max_concur
     return text
 
 
+def make_executor(executor, address, max_concurrent, dry: bool):
+    """An executor from its name and options (None for a dry run, which only checks the name);
+    an :class:`~bench.executors.Executor` instance is used as it is."""
+    from bench.executors import EXECUTORS, Executor
+
+    if isinstance(executor, Executor):
+        return executor
+    factory = EXECUTORS.get(executor, where="--executor")  # a typo is an error even in a dry run
+    options = {k: v for k, v in (("address", address), ("max_concurrent", max_concurrent)) if v is not None}
+    if executor == "local" and options:
+        raise ConfigError(f"{', '.join('--' + k.replace('_', '-') for k in options)}: only for --executor ray")
+    return None if dry else factory(**options)
+
+
 def run_suite(name: str, *, rerun=False, only=(), max_cells=None, dry=False, data_root=None, allow_unverified=None,
               experiment=None, progress=True, leaderboard=True, executor="local", address=None, max_concurrent=None,
-              checkpoints=None, workers=None, gpus_per_worker=None, cpus_per_worker=None):
+              checkpoints=None, workers=None, gpus_per_worker=None, cpus_per_worker=None, system_metrics=False):
     """Run (or with ``dry`` plan) suite ``name``; ``executor`` is a name in ``bench.executors.EXECUTORS``
     or an :class:`~bench.executors.Executor` (connected or not)."""
-    from bench.executors import EXECUTORS, Executor
     from bench.executors.plan import build_plan, checkpoint_policy, needed_sources
     from bench.executors.resources import check_requests, parse_resources
     from bench.tracking import Tracker  # the driver depends on tracking, never the reverse
@@ -201,15 +220,9 @@ def run_suite(name: str, *, rerun=False, only=(), max_cells=None, dry=False, dat
     policy = parse_resources(suite.doc.get("resources"), suite.path)
     keep = checkpoint_policy(checkpoints or suite.doc.get("checkpoints"),
                              "--checkpoints" if checkpoints else f"{suite.path}: checkpoints")
-    if isinstance(executor, Executor):
-        ex = executor
-    else:
-        factory = EXECUTORS.get(executor, where="--executor")  # a typo is an error even in a dry run
-        options = {k: v for k, v in (("address", address), ("max_concurrent", max_concurrent)) if v is not None}
-        if executor == "local" and options:
-            raise ConfigError(f"{', '.join('--' + k.replace('_', '-') for k in options)}: only for --executor ray")
-        ex = None if dry else factory(**options)
-    tracker = Tracker(experiment or suite.experiment, reuse=suite.reuse, executor=ex.name if ex else executor)
+    ex = make_executor(executor, address, max_concurrent, dry)
+    tracker = Tracker(experiment or suite.experiment, reuse=suite.reuse, executor=ex.name if ex else executor,
+                      description=experiment_description(suite), system_metrics=system_metrics)
     tracker.mark_stale()
     finished = tracker.finished_cells()
     if dry:
@@ -230,8 +243,13 @@ def run_suite(name: str, *, rerun=False, only=(), max_cells=None, dry=False, dat
             ex.check_store(tracker)
         plan = build_plan(suite, cells, finished, rerun=rerun, policy=policy, cluster_has_gpus=cluster.gpus > 0,
                           checkpoints=keep, all_cells=all_cells)
+        if keep == "needed":
+            log.info("checkpoints: needed -- model.pt only for the %d cell(s) another cell starts from; `bench shift` "
+                     "cannot re-score the others", sum(p.task.save_checkpoint for p in plan.items))
+        log.info("runs table: %s", tracker.ui_url())
         summary, parent_id = execute_plan(suite, plan, tracker, ex, len(cells), data_root=data_root,
-                                          allow_unverified=allow_unverified, rerun=rerun, progress=progress)
+                                          allow_unverified=allow_unverified, rerun=rerun, progress=progress,
+                                          system_metrics=system_metrics)
         planned = {p.cell_id for p in plan.items}
         summary.skipped += sum(c.cell_id not in planned for c in cells)
         if ex.remote:  # runs of workers that died for good (retries used up) must not stay RUNNING

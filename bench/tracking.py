@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import socket
+import sys
 import time
 from pathlib import Path
 from urllib.parse import urlparse
@@ -32,10 +33,11 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("MLFLOW_ENABLE_TELEMETRY", "false")
 
 import mlflow  # noqa: E402
-from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag  # noqa: E402
+from mlflow.entities import Metric, Param, RunTag  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
 from bench import __version__  # noqa: E402
+from bench import mlflow_native as native  # noqa: E402
 from bench.claims import Claim, make_claims, redact  # noqa: E402
 from bench.config import PROJECT_ROOT  # noqa: E402
 from bench.errors import TrackingError  # noqa: E402
@@ -64,7 +66,8 @@ class Tracker:
     """A connection to one tracking store and experiment."""
 
     def __init__(self, experiment: str, uri: str | None = None, reuse: tuple[str, ...] = (),
-                 claims_uri: str | None = None, executor: str = "local"):
+                 claims_uri: str | None = None, executor: str = "local", description: str = "",
+                 system_metrics: bool = False):
         """``reuse``: names of other experiments whose FINISHED cells count as done here.
 
         A cell id is a digest of everything that determines the run (config, data md5, code
@@ -72,27 +75,36 @@ class Tracker:
         winners a study suite confirms -- is the same experiment and need not run twice.
         ``claims_uri``: where claims live (``bench.claims.make_claims``; default from the
         environment and the tracking URI). ``executor``: recorded on every run
-        (``bench_executor``), so runs say how they were scheduled.
+        (``bench_executor``), so runs say how they were scheduled. ``description``: the
+        experiment's description in the UI (from the suite file). ``system_metrics``: log CPU,
+        memory (and GPU) utilisation into every cell run (``bench.mlflow_native``).
         """
         self.uri = uri or tracking_uri()
         check_reachable(self.uri)
         mlflow.set_tracking_uri(self.uri)
         self.client = MlflowClient(self.uri)
         self.experiment_name = experiment
-        self.experiment_id = self._experiment(experiment)
+        self.system_metrics = system_metrics
+        self.experiment_id = self._experiment(experiment, description)
         self.reuse_names = tuple(reuse)
         self.reuse_ids = [e.experiment_id for e in map(self.client.get_experiment_by_name, reuse) if e is not None]
         self.claims = make_claims(self.uri, claims_uri)
         self.context_tags = {"bench_executor": executor, "bench_host": socket.gethostname()}
 
-    def _experiment(self, name: str) -> str:
+    def _experiment(self, name: str, description: str = "") -> str:
+        """Open (or create) the experiment with the tags that make the UI show it as model
+        training with the benchmark's columns; tags a user edited in the UI are left alone."""
+        tags = native.experiment_tags(description) if description else {}
         try:
             exp = self.client.get_experiment_by_name(name)
             if exp is not None:
+                for k, v in tags.items():
+                    if k not in exp.tags:
+                        self.client.set_experiment_tag(exp.experiment_id, k, v)
                 return exp.experiment_id
             root = artifact_root(self.uri)
             location = f"{root}/{name.replace('/', '_')}" if root else None
-            return self.client.create_experiment(name, artifact_location=location)
+            return self.client.create_experiment(name, artifact_location=location, tags=tags)
         except mlflow.exceptions.MlflowException as exc:
             raise TrackingError(f"tracking store {self.uri}: cannot open experiment '{name}' ({exc.message.splitlines()[0]})") from None
 
@@ -205,8 +217,8 @@ class Tracker:
         if claim is None:  # the key is unique: only a broken claim store gets here
             raise TrackingError(f"claims store {self.claims!r}: cannot claim the parent run's key")
         base = {"bench_role": "suite", "bench_suite": suite, "bench_version": __version__, **run_tags(),
-                **self.context_tags, "bench_lock": claim.key}
-        run = self.client.create_run(self.experiment_id, run_name=f"suite-{suite}", tags={**base, **tags})
+                **self.context_tags, "bench_lock": claim.key, native.NOTE_TAG: native.parent_description(sys.argv)}
+        run = self.client.create_run(self.experiment_id, run_name=f"suite-{suite}", tags=_strings({**base, **tags}))
         return RunHandle(self, run.info.run_id, claim)
 
     def start_cell(self, cell, suite: str, parent_id: str | None, lock: Claim | None,
@@ -221,12 +233,20 @@ class Tracker:
             tags["bench_lock"] = lock.key
         if parent_id:
             tags[PARENT_TAG] = parent_id
-        run = self.client.create_run(self.experiment_id, run_name=cell.run_name, tags=tags)
+        run = self.client.create_run(self.experiment_id, run_name=cell.run_name, tags=_strings(tags))
         handle = RunHandle(self, run.info.run_id, None)
+        if self.system_metrics:  # opt-in: a sampling thread per run, stopped in RunHandle.end
+            handle.monitor = native.system_metrics(run.info.run_id, True, tracking_uri=self.uri)
+            handle.monitor.__enter__()
         params = [Param(k, str(v)) for k, v in cell.flat_params().items()]
         for i in range(0, len(params), 100):
             self.client.log_batch(run.info.run_id, params=params[i : i + 100])
         return handle
+
+    def ui_url(self, base: str | None = None) -> str:
+        """The link that opens this experiment's runs table (not MLflow 3.17's empty Traces page)."""
+        served = self.uri.startswith(("http://", "https://"))
+        return native.runs_table_url(base or (self.uri if served else "http://127.0.0.1:5000"), self.experiment_id)
 
     def download_artifact(self, run_id: str, path: str, dst: Path) -> Path:
         return Path(self.client.download_artifacts(run_id, path, str(dst)))
@@ -243,15 +263,21 @@ class Tracker:
                 "bench_status": "running"}
         if parent_id:
             base[PARENT_TAG] = parent_id
-        run = self.client.create_run(self.experiment_id, run_name=run_name, tags={**base, **tags})
+        run = self.client.create_run(self.experiment_id, run_name=run_name, tags=_strings({**base, **tags}))
         self.client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in params.items()])
         return RunHandle(self, run.info.run_id, None)
+
+
+def _strings(tags: dict) -> dict[str, str]:
+    """Tag values as strings: a SQLite store converts them, a tracking server's REST API refuses others."""
+    return {k: str(v) for k, v in tags.items()}
 
 
 class RunHandle:
     def __init__(self, tracker: Tracker, run_id: str, lock: Claim | None):
         self.tracker, self.run_id, self.lock = tracker, run_id, lock
         self.client = tracker.client
+        self.monitor = None  # system metrics (opt-in), closed before the run ends
 
     def tags(self, tags: dict) -> None:
         self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
@@ -259,8 +285,7 @@ class RunHandle:
     def dataset(self, name: str, digest: str, source: str, context: str) -> None:
         """Log the cell's data as an MLflow dataset input: the runs table's Dataset column then
         shows which file (by MD5) a run trained on, and runs on different files look different."""
-        ds = Dataset(name=name, digest=digest, source_type="local", source=json.dumps({"uri": source}))
-        self.client.log_inputs(self.run_id, datasets=[DatasetInput(ds, [InputTag("mlflow.data.context", context)])])
+        self.client.log_inputs(self.run_id, datasets=[native.dataset_input(name, digest, source, context)])
 
     def metrics(self, metrics: dict, step: int = 0) -> None:
         ts = int(time.time() * 1000)
@@ -282,6 +307,9 @@ class RunHandle:
         if error:
             tags["bench_error"] = error[:4000]
         try:
+            if self.monitor is not None:  # its last sample must land before the run is closed
+                self.monitor.__exit__(None, None, None)
+                self.monitor = None
             if tags:
                 self.tags(tags)
             self.client.set_terminated(self.run_id, status=status)

@@ -54,6 +54,7 @@ class WorkerContext:
     executor: str = "local"
     http_env: tuple = ()  # (name, value) MLflow HTTP retry settings (bench.tracking.HTTP_RETRIES)
     source_poll_s: float = 5.0  # how often a dependent checks a source claimed by another process
+    system_metrics: bool = False  # log CPU/memory/GPU utilisation into each cell run
 
 
 @dataclass(frozen=True)
@@ -74,12 +75,19 @@ def host() -> str:
     return socket.gethostname()
 
 
+@functools.lru_cache(maxsize=8)
+def _load_plugins(plugins: tuple, suite_path: str) -> None:
+    """The suite's plugins, once per process: they register names and enter the code digest."""
+    from bench.plugins import load_plugins
+
+    load_plugins(list(plugins), Path(suite_path))
+
+
 def check_code(ctx: WorkerContext) -> None:
     """The worker must run the driver's code: its runs are only "finished" under that digest."""
-    from bench.plugins import load_plugins
     from bench.provenance import code_digest
 
-    load_plugins(list(ctx.plugins), Path(ctx.suite_path))
+    _load_plugins(tuple(ctx.plugins), ctx.suite_path)
     mine = code_digest()
     if mine != ctx.code_digest:
         raise CellRefused(f"worker {host()} runs other code (code digest {mine}, the driver's is {ctx.code_digest}); "
@@ -176,11 +184,13 @@ def run_task(task: CellTask, ctx: WorkerContext, tracker) -> CellResult:
 
 # ---------------------------------------------------------------------------- remote workers
 @functools.lru_cache(maxsize=4)
-def _tracker(experiment: str, uri: str, reuse: tuple, claims_uri: str | None, executor: str):
+def _tracker(experiment: str, uri: str, reuse: tuple, claims_uri: str | None, executor: str,
+             system_metrics: bool = False):
     """One tracker per worker process and suite (worker processes run many tasks)."""
     from bench.tracking import Tracker
 
-    return Tracker(experiment, uri=uri, reuse=reuse, claims_uri=claims_uri, executor=executor)
+    return Tracker(experiment, uri=uri, reuse=reuse, claims_uri=claims_uri, executor=executor,
+                   system_metrics=system_metrics)
 
 
 def ray_entry(task: CellTask, ctx: WorkerContext, threads: int) -> CellResult:
@@ -193,9 +203,11 @@ def ray_entry(task: CellTask, ctx: WorkerContext, threads: int) -> CellResult:
 
     os.environ.update(dict(ctx.http_env))
     os.environ["MLFLOW_TRACKING_URI"] = ctx.tracking_uri  # for MLflow code paths that read the global URI
+    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"  # progress bars of N workers interleave
     torch.set_num_threads(threads)  # the task's CPUs; Ray's default OMP_NUM_THREADS is 1
     try:
-        tracker = _tracker(ctx.experiment, ctx.tracking_uri, tuple(ctx.reuse), ctx.claims_uri, ctx.executor)
+        tracker = _tracker(ctx.experiment, ctx.tracking_uri, tuple(ctx.reuse), ctx.claims_uri, ctx.executor,
+                           ctx.system_metrics)
     except BenchError as exc:
         msg = f"worker {host()}: {exc}"
         return CellResult(task.cell.cell_id, task.cell.run_name, "failed", error=msg)

@@ -65,7 +65,10 @@ def build_leaderboard(suite: str, *, out_dir=None, from_csv=None, experiment=Non
     if found:
         extra += ["", found]
         (out / f"{suite}-findings.md").write_text(found + "\n")
-    md = render.markdown(suite, runs, agg, paired, generated_at, chart_files, collect.ensembles(export), shift, extra)
+    secondary = [A.paired(runs, metric=m, controls=controls, primary=primary).assign(metric=m)
+                 for m in analysis.get("secondary_metrics") or []]
+    md = render.markdown(suite, runs, agg, paired, generated_at, chart_files, collect.ensembles(export), shift, extra,
+                         secondary)
     md_path = out / f"{suite}.md"
     md_path.write_text(md)
     agg.to_csv(out / f"{suite}.csv", index=False, float_format="%.6f")

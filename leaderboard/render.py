@@ -193,7 +193,7 @@ def header(suite: str, runs: pd.DataFrame, generated_at: str, ref: dict) -> list
 
 def markdown(suite: str, runs: pd.DataFrame, agg: pd.DataFrame, paired: pd.DataFrame, generated_at: str,
              charts: dict | None = None, ensembles: pd.DataFrame | None = None, shift: dict | None = None,
-             extra: list[str] | None = None) -> str:
+             extra: list[str] | None = None, secondary: list[pd.DataFrame] | None = None) -> str:
     """``shift``: {'tables': {dataset: md}, 'paired': DataFrame, 'charts': {dataset: png}} (optional).
     ``extra``: generated sections placed after the header (findings, search record)."""
     ref = load_reference()
@@ -236,6 +236,13 @@ def markdown(suite: str, runs: pd.DataFrame, agg: pd.DataFrame, paired: pd.DataF
     for control in controls:
         out += ["", f"### Against `{control}`", "", f"Compared with {CONTROL_TEXT.get(control, f'`{control}`')}.", "",
                 paired_table(paired, control)]
+    for sec in secondary or []:
+        if sec.empty:
+            continue
+        label = COLUMNS.get(sec["metric"].iloc[0], sec["metric"].iloc[0])
+        out += ["", f"## Paired comparisons on {label} (secondary endpoint)"]
+        for control in dict.fromkeys(sec["control"]):
+            out += ["", f"### Against `{control}`", "", paired_table(sec, control, label)]
     if shift and shift.get("paired") is not None and not shift["paired"].empty:
         out += ["", "## Paired comparisons under shift (corrupted AUC, mean over corruptions and severities)"]
         for control in dict.fromkeys(shift["paired"]["control"]):

@@ -128,7 +128,7 @@ def test_mlproject_parameters_are_quoted_and_validated():
 
     project = _project_spec.load_project(str(REPO))
     cmd = project.get_entry_point("suite").compute_command({"name": "x; touch /tmp/pwned"}, None)
-    assert cmd == "python -m bench suite 'x; touch /tmp/pwned'"
+    assert cmd == "python -m bench suite 'x; touch /tmp/pwned' --executor local --address default"
     res = invoke("suite", "x; touch /tmp/pwned")
     assert_one_line_error(res, "unknown suite 'x; touch /tmp/pwned'")
     cell = project.get_entry_point("cell").compute_command({"dataset": "breastmnist", "objective": "ce"}, None)

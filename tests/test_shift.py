@@ -380,3 +380,28 @@ def test_metric_names_and_summary():
     assert s["shift_auc_drop"] == pytest.approx(0.25)
     with pytest.raises(ValueError):
         summarize(0.9, {})
+
+
+@needs_medmnistc
+def test_aug_medmnistc_cell_trains_on_corrupted_batches(synth_dir, suites):
+    """`aug: medmnistc` end to end: the training loop hands channel-first uint8 batches to the
+    corruption and trains on what comes back (standard augmentation on top)."""
+    from bench.driver import run_suite
+
+    suites("augc", "include: _base.yaml\nsuite: augc\ntrain: {epochs: 1, batch_size: 16}\n"
+                   "grid: {dataset: [breastmnist], objective: [ce], aug: [medmnistc], seed: [0], protocol: [official]}\n")
+    s = run_suite("augc", progress=False, leaderboard=False)
+    assert s.failed == 0 and s.results[0].run_name == "breastmnist-ce-medmnistc-s0-official"
+    x = torch.randint(0, 256, (3, 1, 28, 28), dtype=torch.uint8)
+    a = medmnistc_augment("breastmnist", x, np.random.default_rng(0))
+    b = medmnistc_augment("breastmnist", x[:, 0].numpy(), np.random.default_rng(0))
+    assert a.shape == x.shape and a.dtype == torch.uint8 and np.array_equal(a[:, 0].numpy(), b)
+
+
+def test_aug_medmnistc_is_refused_for_3d(suites):
+    suites("aug3", "include: _base.yaml\nsuite: aug3\n"
+                   "grid: {dataset: [adrenalmnist3d], objective: [ce], aug: [medmnistc], seed: [0], protocol: [official]}\n")
+    from bench.config import load_suite
+
+    with pytest.raises(ConfigError, match="exists for 2D datasets only"):
+        load_suite("aug3")

@@ -20,13 +20,64 @@ def test_missing_sqlite_folder(tmp_path):
         T.check_reachable(f"sqlite:///{tmp_path / 'nope' / 'mlflow.db'}")
 
 
-def test_lock_is_exclusive_and_released(tmp_path):
-    a, b = T.Lock(tmp_path / "x.lock"), T.Lock(tmp_path / "x.lock")
-    assert a.acquire() and not b.acquire()
-    a.release()
-    assert b.acquire()
-    b.release()
+def test_claims_are_exclusive_and_sit_next_to_the_sqlite_store(tmp_path):
+    from bench.claims import FileClaims
+
+    a, b = T.Tracker("e"), T.Tracker("e")
+    assert isinstance(a.claims, FileClaims) and a.claims.lock_dir == tmp_path / ".mlflow.db.locks"
+    first = a.claim("cell")
+    assert first is not None and b.claim("cell") is None and not b.claims.is_free("cell")
+    first.release()
+    second = b.claim("cell")
+    assert second is not None
+    second.release()
 
 
-def test_lock_dir_sits_next_to_the_sqlite_store(tmp_path):
-    assert T.lock_dir(f"sqlite:///{tmp_path}/mlflow.db") == tmp_path / ".mlflow.db.locks"
+def test_runs_carry_their_claim_key_and_stale_ones_are_marked(tmp_path):
+    """bench_lock holds the claim key; a RUNNING run whose key is free belongs to a dead process."""
+    from bench.config import load_suite
+
+    tracker = T.Tracker("e", executor="local")
+    cell = load_suite("smoke").cells()[0]
+    claim = tracker.claim(cell.cell_id)
+    run = tracker.start_cell(cell, "smoke", None, claim)
+    tags = tracker.client.get_run(run.run_id).data.tags
+    assert tags["bench_lock"] == cell.cell_id and tags["bench_executor"] == "local" and tags["bench_host"]
+    assert tracker.mark_stale() == 0  # its holder (we) is alive
+    # while we hold the key, a RUNNING run of the cell with that key is a dead process's
+    older = tracker.start_cell(cell, "smoke", None, claim)
+    assert tracker.mark_dead_runs_of(cell.cell_id, claim) == 2
+    claim.release()
+    assert {tracker.client.get_run(r.run_id).info.status for r in (run, older)} == {"KILLED"}
+    parent = tracker.start_parent("smoke", {})
+    assert tracker.mark_stale() == 0  # the parent's claim is held by this process
+    parent.end()
+    assert tracker.client.get_run(parent.run_id).info.status == "FINISHED"
+
+
+def test_http_check_probes_without_retries_then_turns_them_on(monkeypatch):
+    import socket
+
+    from mlflow.tracking import MlflowClient
+
+    for k in T.HTTP_RETRIES:
+        monkeypatch.delenv(k, raising=False)
+    seen = {}
+    monkeypatch.setattr(MlflowClient, "search_experiments",
+                        lambda self, **kw: seen.update(retries=T.os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES")))
+    with socket.socket() as srv:  # a listening port: the TCP probe passes
+        srv.bind(("127.0.0.1", 0))
+        srv.listen()
+        T.check_reachable(f"http://127.0.0.1:{srv.getsockname()[1]}")
+    assert seen["retries"] == "0"
+    assert T.os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "7" and T.http_retry_env()["MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"] == "2"
+
+
+def test_postgres_store_without_psycopg2_names_the_extra(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "psycopg2", None)  # an install without the postgres extra
+    with pytest.raises(TrackingError) as err:
+        T.check_reachable("postgresql://bench:secret@db.example:5432/mlflow")
+    msg = str(err.value)
+    assert "pip install -e '.[postgres]'" in msg and "\n" not in msg and "secret" not in msg

@@ -14,10 +14,15 @@ The interface, in the order the driver calls it:
 
 1. ``connect()`` before anything is recorded: every problem a user can cause (a missing
    extra, an unreachable or malformed address) is one line here, before any run starts.
-2. ``cluster()`` -> :class:`Cluster`: what resources requests can be checked against.
+2. ``cluster()`` -> :class:`Cluster`: what resource requests are checked against, and
+   ``check_store(tracker)``: whether the tasks can reach the tracking store and artifacts.
 3. ``run(plan, ctx, tracker)`` yields one :class:`bench.runner.CellResult` per planned cell,
-   as they end.
-4. ``close()``.
+   as they end (``ctx``: :class:`bench.worker.WorkerContext`; ``tracker`` is used by
+   in-process executors, remote tasks open their own from ``ctx``).
+4. ``close()`` (executors are context managers).
+
+New executors register a factory in :data:`EXECUTORS` (``--executor NAME`` finds them, with
+a did-you-mean for typos).
 """
 from __future__ import annotations
 

@@ -126,6 +126,6 @@ class Schedule:
             if p.depends_on == cell_id:
                 self.waiting.discard(cid)
                 if not ok:
-                    reason = status + (f": {error}" if error else "")
+                    reason = status + (f": {error[:200]}" if error else "")
                     self.items[cid] = dataclasses.replace(p, task=dataclasses.replace(p.task, source_status=reason))
                 heapq.heappush(self.ready, (self.index[cid], cid))

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import heapq
+import math
 from dataclasses import dataclass
 
 from bench import datasets as DS
@@ -171,21 +172,24 @@ def simulate(plan: Plan, seconds: dict[str, float], workers: Workers, max_concur
     return now
 
 
+def fits(r, workers: Workers) -> tuple[int, str]:
+    """(cells of request ``r`` one worker runs at once, how a GPU is shared)."""
+    by_cpu = math.floor(workers.cpus / r.cpus + 1e-9)
+    if not r.gpus:
+        return by_cpu, ""
+    if r.gpus <= 1:
+        per_gpu = math.floor(1 / r.gpus + 1e-9)
+        return min(by_cpu, workers.gpus * per_gpu), f"{per_gpu} per GPU, "
+    return min(by_cpu, workers.gpus // int(r.gpus)), f"{int(r.gpus)} GPUs each, "
+
+
 def packing(plan: Plan, workers: Workers) -> str:
-    lines = []
+    parts = []
     for cls in DEFAULTS:
-        rs = {p.resources for p in plan.items if size_class(p.task.cell) == cls}
-        for r in sorted(rs, key=str):
-            per_worker = int(workers.cpus // r.cpus) if r.cpus else 0
-            if r.gpus:
-                per_gpu = int(1 // r.gpus) if r.gpus <= 1 else 0
-                gpu_slots = workers.gpus * per_gpu if r.gpus <= 1 else workers.gpus // int(r.gpus)
-                per_worker = min(per_worker, gpu_slots)
-                lines.append(f"{cls} cells ask {r}: {per_gpu or f'1 per {int(r.gpus)}'} per GPU, "
-                             f"{per_worker} per worker, {per_worker * workers.n} at once")
-            else:
-                lines.append(f"{cls} cells ask {r}: {per_worker} per worker, {per_worker * workers.n} at once")
-    return "; ".join(lines)
+        for r in sorted({p.resources for p in plan.items if size_class(p.task.cell) == cls}, key=str):
+            n, gpu = fits(r, workers)
+            parts.append(f"{cls} cells ask {r}: {gpu}{n} per worker, {n * workers.n} at once")
+    return "; ".join(parts)
 
 
 def makespan_report(plan: Plan, measured: dict, workers: Workers, max_concurrent: int | None = None) -> str:

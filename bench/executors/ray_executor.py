@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import ipaddress
 import logging
 import os
@@ -156,6 +157,10 @@ class RayExecutor(Executor):
         if addr.kind == "local":
             self._start_local(ray)
         else:
+            if addr.kind == "client" and importlib.util.find_spec("grpc") is None:
+                raise ConfigError(f"--address {addr.text}: Ray Client (ray://) needs grpcio, which plain ray does not "
+                                  f"install; pip install 'ray[client]==2.60.0', or run the driver on a cluster node "
+                                  f"with --address auto or HOST:PORT")
             probe(addr)
             if os.environ.get("RAY_ADDRESS"):  # Ray would prefer it to the address we give
                 log.info("--address %s given: ignoring RAY_ADDRESS=%s", addr.text, os.environ.pop("RAY_ADDRESS"))
@@ -166,7 +171,7 @@ class RayExecutor(Executor):
                 raise ConfigError(f"cannot connect to the Ray cluster at {addr.text} ({_one_line(exc)})") from None
         self.ray = ray
         self._cluster = self._read_cluster()
-        log.info("Ray cluster %s: %g CPUs, %g GPUs", addr.text, self._cluster.cpus, self._cluster.gpus)
+        log.info("Ray: %s (%g CPUs, %g GPUs)", addr.text, self._cluster.cpus, self._cluster.gpus)
 
     def _start_local(self, ray) -> None:
         """A single-machine Ray on loopback, with a private temp folder and a HOME whose bootstrap
@@ -237,7 +242,7 @@ class RayExecutor(Executor):
                     log.info("cell %d/%d %s", n, len(plan), res.line())
                     schedule.done(item.cell_id, res.status, res.error)
                     yield res
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, GeneratorExit):  # Ctrl-C / SIGTERM, or the driver stopped consuming
             self._cancel(in_flight)
             raise
 

@@ -20,11 +20,20 @@ from bench.shift import medmnistc_compat
 from bench.shift.corruptions import apply_each, corruption_set
 
 
-def medmnistc_augment(flag: str, images_uint8_batch: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """A new uint8 batch (same shape): each image through one ``AugMedMNISTC`` draw.
+def medmnistc_augment(flag: str, images_uint8_batch, rng: np.random.Generator):
+    """A new uint8 batch (same shape and type): each image through one ``AugMedMNISTC`` draw.
 
+    Takes the npz layout ((N, H, W) or (N, H, W, C) numpy) or the training loop's channel-first
+    uint8 tensor ((N, C, H, W), what ``bench.augment`` passes) and returns the same kind.
     ``flag`` must have a medmnistc corruption set (the 2D sets of ``sets.yaml``).
     """
+    import torch
+
+    if isinstance(images_uint8_batch, torch.Tensor):  # channel-first batch of the training loop
+        x = images_uint8_batch.cpu()
+        npz = x[:, 0].numpy() if x.shape[1] == 1 else x.permute(0, 2, 3, 1).numpy()
+        out = torch.from_numpy(np.ascontiguousarray(medmnistc_augment(flag, npz, rng)))
+        return out.unsqueeze(1) if x.shape[1] == 1 else out.permute(0, 3, 1, 2).contiguous()
     entry = corruption_set(flag)
     if entry["backend"] != "medmnistc":
         raise ConfigError(f"{flag}: aug 'medmnistc' needs a MedMNIST-C corruption set; this dataset's "

@@ -15,6 +15,7 @@ import contextlib
 import functools
 import logging
 import os
+import re
 import shutil
 import signal
 import socket
@@ -351,3 +352,24 @@ def run_isolated(argv: list[str], timeout: float) -> tuple[int, str]:
         proc.communicate()
         raise
     return proc.returncode, out
+
+
+def rerun_module_isolated(request, timeout: float = 300) -> str:
+    """Run the calling test's module again inside :func:`run_isolated` (minus this test), with
+    the same marker selection; fail on errors or skips there; return pytest's summary line."""
+    path = str(request.node.fspath)
+    argv = [sys.executable, "-m", "pytest", path, "--deselect", request.node.nodeid, "-q", "-rs",
+            "-p", "no:cacheprovider", "-o", "addopts=", "--durations=8"]
+    markexpr = request.config.getoption("markexpr", default="")
+    if markexpr:
+        argv += ["-m", markexpr]
+    code, out = run_isolated(argv, timeout=timeout)
+    lines = out.splitlines()
+    tail = "\n".join(lines[-40:])
+    if code != 0:
+        raise AssertionError(f"in the namespace:\n{tail}")
+    if "skipped" in lines[-1]:
+        raise AssertionError(f"something was skipped in the namespace:\n{tail}")
+    durations = [l for l in lines if re.match(r"^[0-9.]+s (call|setup|teardown) ", l)]
+    log.info("in the namespace, slowest: %s", "; ".join(durations))
+    return lines[-1]

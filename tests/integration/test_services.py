@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 import tempfile
 from pathlib import Path
 
 import pytest
 
-from tests.integration.services import can_isolate_network, network_isolated, run_isolated
+from tests.integration.services import can_isolate_network, network_isolated, rerun_module_isolated
 
 pytestmark = pytest.mark.integration
 ISOLATE = can_isolate_network() and not network_isolated()
@@ -24,13 +23,7 @@ log = logging.getLogger(__name__)
 
 @pytest.mark.skipif(not ISOLATE, reason="already isolated, or `unshare -n` is not available (not root)")
 def test_module_in_private_network(request):
-    argv = [sys.executable, "-m", "pytest", __file__, "--deselect", request.node.nodeid, "-q", "-rs",
-            "-p", "no:cacheprovider", "-o", "addopts=", "--durations=5"]
-    code, out = run_isolated(argv, timeout=300)
-    tail = "\n".join(out.splitlines()[-40:])
-    assert code == 0, f"in the namespace:\n{tail}"
-    assert "skipped" not in tail.splitlines()[-1], f"something was skipped in the namespace:\n{tail}"
-    log.info("in the namespace: %s", tail.splitlines()[-1])
+    log.info("in the namespace: %s", rerun_module_isolated(request))
 
 
 def log_run(tracking_uri: str, experiment_id: str, name: str, value: float) -> dict:
