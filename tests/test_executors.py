@@ -139,9 +139,7 @@ def test_plan_puts_missing_sources_first_and_links_dependents(suites):
     assert seconds == 11.0 and [p.task.cell.recipe for p in chain] == ["ce", "aucm_ft"]
 
 
-def test_checkpoints_needed_keeps_only_sources(suites, monkeypatch):
-    from bench import config
-
+def test_checkpoints_needed_keeps_only_sources(suites):
     suite, cells = ft_suite(suites, objectives="[ce, aucm_ft]")
     plan = plan_of(suite, cells, checkpoints="needed")
     assert {p.task.cell.recipe: p.task.save_checkpoint for p in plan.items} == {"ce": True, "aucm_ft": False}

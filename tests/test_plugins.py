@@ -58,6 +58,9 @@ def test_entry_points_are_loaded(monkeypatch, tmp_path):
 
     import bench.plugins as P
 
+    # leave no trace in the process: the module list of the code digest and the plugin cache
+    monkeypatch.setattr(provenance, "_extra_modules", list(provenance._extra_modules))
+    monkeypatch.setattr(P, "_loaded", dict(P._loaded))
     (tmp_path / "ep_models.py").write_text(
         "from bench.models import register_model, ResNet\n"
         "register_model('tiny_ep', 2, False, 'entry-point test model')(lambda i, o: ResNet(2, i, o, width=8))\n")
@@ -69,3 +72,5 @@ def test_entry_points_are_loaded(monkeypatch, tmp_path):
 
     assert "tiny_ep" in MODELS
     sys.modules.pop("ep_models", None)
+    MODELS._items.pop("tiny_ep"), MODELS.meta.pop("tiny_ep")
+    provenance.code_digest.cache_clear()

@@ -1,8 +1,7 @@
 """What a researcher sees in ``mlflow ui``, checked in a real headless Chromium.
 
-A suite's store (parent run + nested cell runs with dataset inputs) is written with the same
-helpers the tracking code uses (``bench.mlflow_native``), ``mlflow ui`` serves it on a free
-127.0.0.1 port, and Selenium drives Debian's ``chromium`` through ``chromedriver``. The UI is
+A real `smoke` suite (2 cells on the real BreastMNIST file) runs into a temporary store,
+``mlflow ui`` serves it on a free 127.0.0.1 port, and Selenium drives Debian's ``chromium`` through ``chromedriver``. The UI is
 a React single-page app, so every check waits for text in the live DOM (WebDriverWait),
 never for a fixed time.
 
@@ -54,37 +53,33 @@ if not (CHROMIUM and CHROMEDRIVER):
 SERVER_START_S = 90   # `mlflow ui` imports a lot; 2 busy cores can take a while
 PAGE_S = 60           # first render of the SPA (bundle parse + API calls)
 PARENT = "suite-smoke"
-CELLS = ("breastmnist-ce-noaug-s0", "breastmnist-aucm-noaug-s0")
-FLAG, MD5 = "breastmnist", "750601b1f35ba3300ea97c75c52ff8f6"
+CELLS = ("breastmnist-ce-noaug-s0-official", "breastmnist-aucm-noaug-s0-official")
+FLAG, MD5 = "breastmnist", "750601b1f35ba3300ea97c75c52ff8f6"  # the official file's MD5
 CONTEXT = "official"
 
 
 # ------------------------------------------------------------------ store, server, browser
 def _seed(uri: str, artifacts: Path) -> str:
-    """An experiment as a smoke suite leaves it: a parent run and two finished nested cells."""
-    from mlflow.entities import Metric, Param
+    """Run the real `smoke` suite (BreastMNIST x {ce, aucm}, 2 epochs) into ``uri``: the store a
+    user has after `bench suite smoke`. Returns the experiment id."""
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(uri)
-    exp = client.create_experiment(
-        "medauc-bench/smoke", artifact_location=str(artifacts / "smoke"),
-        tags=N.experiment_tags("smoke: BreastMNIST x {ce, aucm}, 1 seed -- browser-test fixture, illustrative numbers"))
-    argv = ["bench", "suite", "smoke"]
-    parent = client.create_run(exp, run_name=PARENT, tags={"bench_role": "suite", N.NOTE_TAG: N.parent_description(argv)})
-    pid = parent.info.run_id
-    now = int(time.time() * 1000)
-    for name, auc in zip(CELLS, (0.8812, 0.8634)):
-        run = client.create_run(exp, run_name=name, tags={"bench_role": "cell", "mlflow.parentRunId": pid})
-        rid = run.info.run_id
-        client.log_inputs(rid, datasets=[N.dataset_input(FLAG, MD5, f"/data/medmnist/{FLAG}.npz", CONTEXT,
-                                                         profile={"train": 546, "val": 78, "test": 156})])
-        params = {"dataset": FLAG, "recipe": name.split("-")[1], "aug": "off", "seed": "0",
-                  "protocol": CONTEXT, "fold": ""}
-        client.log_batch(rid, metrics=[Metric("test_auc", auc, now, 0), Metric("val_auc", auc + 0.03, now, 0)],
-                         params=[Param(k, v) for k, v in params.items()])
-        client.set_terminated(rid)
-    client.set_terminated(pid)
-    return exp
+    from bench.driver import run_suite
+    from tests.conftest import real_data_dir
+
+    data = real_data_dir()
+    if data is None:
+        pytest.skip("real BreastMNIST file not found (set BENCH_DATA_DIR)")
+    keys = ("MLFLOW_TRACKING_URI", "BENCH_ARTIFACT_ROOT", "BENCH_DATA_DIR")
+    saved = {k: os.environ.get(k) for k in keys}
+    os.environ.update(MLFLOW_TRACKING_URI=uri, BENCH_ARTIFACT_ROOT=str(artifacts), BENCH_DATA_DIR=str(data))
+    try:
+        summary = run_suite("smoke", progress=False, leaderboard=False)
+    finally:
+        for k, v in saved.items():
+            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+    assert summary.failed == 0 and summary.counts()["finished"] == 2
+    return MlflowClient(uri).get_experiment_by_name("medauc-bench/smoke").experiment_id
 
 
 def _free_port() -> int:
@@ -246,7 +241,7 @@ def test_runs_table_shows_the_suite_its_cells_and_their_dataset(ui, browser):
     wait_for_text(browser, PARENT, "Dataset", "val_auc", "test_auc")  # the saved view's columns
     close_assistant(browser)
     expand_parent(browser, PARENT)
-    text = wait_for_text(browser, *CELLS, f"{FLAG} ({MD5[:8]})", CONTEXT, "0.8812", "0.8634")
+    text = wait_for_text(browser, *CELLS, f"{FLAG} ({MD5[:8]})", CONTEXT)
     assert path_of(browser.current_url).endswith("/runs")
     assert "3 matching runs" in text  # the parent and its two cells
     shot = os.environ.get("BENCH_SCREENSHOT")
