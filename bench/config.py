@@ -150,7 +150,7 @@ class Suite:
     doc: dict = field(repr=False, hash=False, compare=False)
     reuse: tuple = ()  # experiments whose finished identical cells this suite counts as its own
 
-    def cells(self, data_fingerprint=lambda flag: "") -> list[Cell]:
+    def cells(self, data_fingerprint=lambda flag, size=None: "") -> list[Cell]:
         return expand(self.doc, self.path, data_fingerprint)
 
 
@@ -230,7 +230,7 @@ def load_suite(name: str) -> Suite:
     load_plugins(doc.get("plugins") or [], path)
     validate(doc, path)
     suite_name = doc.get("suite") or path.stem
-    cells = expand(doc, path, lambda flag: "")  # validates names and the grid now, not mid-run
+    cells = expand(doc, path, lambda flag, size=None: "")  # validates names and the grid now, not mid-run
     if not cells:
         raise ConfigError(f"{path}: the grid expands to no cells; give every axis under 'grid' at least one value")
     return Suite(

@@ -19,7 +19,6 @@ server restarted mid-suite costs a pause, not a run.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
@@ -40,6 +39,7 @@ from bench import __version__  # noqa: E402
 from bench import mlflow_native as native  # noqa: E402
 from bench.claims import Claim, make_claims, redact  # noqa: E402
 from bench.config import PROJECT_ROOT  # noqa: E402
+from bench.environ import temporary_environ  # noqa: E402
 from bench.errors import TrackingError  # noqa: E402
 from bench.provenance import code_digest, run_tags  # noqa: E402
 
@@ -332,21 +332,6 @@ HTTP_RETRIES = {
 HTTP_PROBE = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
 
 
-@contextlib.contextmanager
-def _environ(values: dict):
-    """``values`` in ``os.environ`` for the duration (MLflow reads these per request)."""
-    saved = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
 def http_retry_env() -> dict[str, str]:
     """The retry settings this process uses (its environment first, then ``HTTP_RETRIES``):
     what a driver hands to workers, which do not inherit its environment."""
@@ -391,7 +376,7 @@ def check_reachable(uri: str, timeout: float = 3.0) -> None:
                 f"(or set MLFLOW_ALLOW_FILE_STORE=true)"
             )
     try:
-        with _environ(probe):
+        with temporary_environ(probe):
             MlflowClient(uri).search_experiments(max_results=1)
     except Exception as exc:  # any store error: say it once, clearly
         first = str(getattr(exc, "message", exc)).splitlines()[0] if str(exc) else type(exc).__name__

@@ -3,8 +3,12 @@
     python benchmarks/ray_overhead.py                                 # smoke suite
     python benchmarks/ray_overhead.py --suite quick --only seed=0     # a slice of quick (3 cells, two-stage)
     python benchmarks/ray_overhead.py --suite quick --address 127.0.0.1:6379   # an existing loopback head
+    python benchmarks/ray_overhead.py --suite quick --server              # all three into one PostgreSQL-backed
+                                                                          # `mlflow server` (proxied artifacts, PostgreSQL claims)
 
-Three runs of the same cells, each into its own temporary SQLite store (so nothing is skipped):
+Three runs of the same cells, each into its own temporary SQLite store (so nothing is skipped) or,
+with ``--server``, each into its own experiment of one ``mlflow server`` on a temporary PostgreSQL
+(started here on 127.0.0.1 with the test fixtures' code, torn down at the end):
 
 1. ``local``: the default executor, in this process, torch on every core;
 2. ``ray x1``: the Ray executor on a loopback Ray (started here unless ``--address``), one cell
@@ -24,6 +28,7 @@ percent between runs: say so when you quote them, and prefer the outside-the-cel
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -75,10 +80,10 @@ def suites_copy(name: str, cpus_per_cell: float, tmp: Path) -> Path:
     return folder
 
 
-def timed_suite(label: str, tmp: Path, suites: Path, executor, args) -> dict:
+def timed_suite(label: str, tmp: Path, suites: Path, executor, args, server_url: str | None = None) -> dict:
     from bench.driver import run_suite
 
-    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp / label.replace(' ', '_')}.db"
+    os.environ["MLFLOW_TRACKING_URI"] = server_url or f"sqlite:///{tmp / label.replace(' ', '_')}.db"
     os.environ["BENCH_SUITES_DIR"] = str(suites)
     t0 = time.perf_counter()
     summary = run_suite(args.suite, only=tuple(args.only), executor=executor, progress=False, leaderboard=False,
@@ -88,7 +93,18 @@ def timed_suite(label: str, tmp: Path, suites: Path, executor, args) -> dict:
     if summary.failed or not c["finished"]:
         raise SystemExit(f"{label}: {[r.line() for r in summary.results]}")
     cells, cell_s = c["finished"] + c["not_applicable"], sum(r.seconds for r in summary.results)
-    return {"label": label, "cells": cells, "wall_s": wall, "cell_s": cell_s, "outside_per_cell_s": (wall - cell_s) / cells}
+    return {"label": label, "cells": cells, "wall_s": wall, "cell_s": cell_s, "outside_per_cell_s": (wall - cell_s) / cells,
+            "test_auc": {r.cell_id: r.test_auc for r in summary.results if r.status == "finished"},
+            "finished_once": _finished_once(f"bench-overhead/{label}")}
+
+
+def _finished_once(experiment: str) -> bool:
+    """Every cell of the experiment has exactly one FINISHED run (and none is left RUNNING)."""
+    import mlflow
+
+    df = mlflow.search_runs(experiment_names=[experiment], filter_string="tags.bench_role = 'cell'")
+    done = df[df["status"] == "FINISHED"].groupby("tags.bench_cell_id").size()
+    return bool(len(done)) and bool((done == 1).all()) and not (df["status"] == "RUNNING").any()
 
 
 def main() -> None:
@@ -97,6 +113,8 @@ def main() -> None:
     parser.add_argument("--only", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--address", default=None, help="a loopback Ray head (default: start one here)")
     parser.add_argument("--json", default=None, help="also write the numbers to this file")
+    parser.add_argument("--server", action="store_true",
+                        help="log into a PostgreSQL-backed `mlflow server` started here (proxied artifacts, PostgreSQL claims)")
     args = parser.parse_args()
     setup_logging(False)
     logging.getLogger("bench").setLevel(logging.WARNING)
@@ -104,11 +122,19 @@ def main() -> None:
 
     cores = os.cpu_count() or 1
     load = os.getloadavg()
-    with tempfile.TemporaryDirectory(prefix="bench-overhead-") as tmp_name:
+    with tempfile.TemporaryDirectory(prefix="bench-overhead-") as tmp_name, contextlib.ExitStack() as stack:
         tmp = Path(tmp_name)
         os.environ["BENCH_CACHE_DIR"] = str(tmp / "cache")
+        server_url = None
+        if args.server:  # the test fixtures' real services, on 127.0.0.1
+            from tests.integration.services import mlflow_server, postgres
+
+            pg = stack.enter_context(postgres())
+            server_url = stack.enter_context(mlflow_server(pg.dsn, tmp / "artifacts")).url
+            os.environ["BENCH_CLAIMS_URI"] = pg.dsn
+            os.environ.pop("BENCH_ARTIFACT_ROOT", None)
         plain = suites_dir()
-        rows = [timed_suite("local", tmp, plain, "local", args)]
+        rows = [timed_suite("local", tmp, plain, "local", args, server_url)]
         local_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
         results = {}
@@ -120,7 +146,7 @@ def main() -> None:
             rss = WorkerRss()
             rss.start()
             try:
-                row = timed_suite(label, tmp, suites, ex, args)  # run_suite closes the executor
+                row = timed_suite(label, tmp, suites, ex, args, server_url)  # run_suite closes the executor
             finally:
                 rss.stop.set()
                 rss.join()
@@ -150,6 +176,11 @@ def main() -> None:
           f"ratio {report['ratio_ray_x1_over_local']:.2f}"
           f"; ray par vs local: ratio {report['ratio_ray_par_over_local']:.2f} (Ray start-up not included in wall)")
     print("peak RSS: 'local' is this whole process (driver + cells); 'ray' rows are the largest worker process")
+    for r in rows[1:]:
+        same = [cid for cid, auc in r["test_auc"].items() if local["test_auc"].get(cid) == auc]
+        print(f"{r['label']}: test AUC identical to local for {len(same)}/{len(local['test_auc'])} cell ids; "
+              f"every cell FINISHED exactly once: {r['finished_once']}")
+    print(f"local: every cell FINISHED exactly once: {local['finished_once']}")
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2))
 

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Iterator
 from urllib.parse import urlsplit
 
+from bench.environ import temporary_environ
 from bench.errors import ConfigError, TrackingError
 from bench.executors import Cluster, Executor
 from bench.executors.plan import Plan, Schedule
@@ -177,19 +178,11 @@ class RayExecutor(Executor):
         """A single-machine Ray on loopback, with a private temp folder and a HOME whose bootstrap
         file stops the head's cloud-metadata probes (bench.raysafe); stopped by :meth:`close`."""
         self._tmp = Path(tempfile.mkdtemp(prefix="bench-ray-", dir="/tmp"))  # short: Ray's socket paths are limited
-        saved = {k: os.environ.get(k) for k in ("HOME", "RAY_TMPDIR")}
-        os.environ["HOME"] = str(local_home(self._tmp / "home"))  # the processes started now inherit it
-        os.environ["RAY_TMPDIR"] = str(self._tmp)
-        try:
+        # the processes started now inherit HOME (the local-provider bootstrap config) and RAY_TMPDIR
+        with temporary_environ({"HOME": str(local_home(self._tmp / "home")), "RAY_TMPDIR": str(self._tmp)}):
             ray.init(num_cpus=self.num_cpus or os.cpu_count(), include_dashboard=False, _node_ip_address="127.0.0.1",
                      _temp_dir=str(self._tmp / "ray"), logging_level=logging.WARNING, log_to_driver=True,
                      namespace="medauc-bench")
-        finally:
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
 
     def _read_cluster(self) -> Cluster:
         nodes = [n.get("Resources", {}) for n in self.ray.nodes() if n.get("Alive")]

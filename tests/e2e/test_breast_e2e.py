@@ -204,3 +204,30 @@ grid: {dataset: [breastmnist], objective: [ce], aug: [false], seed: [0], protoco
     mlflow.set_tracking_uri(tracking_uri())
     df = mlflow.search_runs(experiment_names=["medauc-bench/term"])
     assert set(df["status"]) == {"KILLED"} and set(df["tags.bench_status"]) == {"interrupted"}
+
+
+@pytest.mark.parametrize("flag, size, model", [("breastmnist", 64, "resnet18"), ("vesselmnist3d", 64, "resnet18_3d_tiny")])
+def test_medmnist_plus_size_runs_a_cell_on_a_synthetic_file(tmp_path, monkeypatch, suites, flag, size, model):
+    """`size: 64` reads <flag>_64.npz (official layout, synthetic content here), builds the
+    large-input model and scores; the leaderboard shows "—" where the paper has no such row."""
+    from tests.conftest import make_npz
+    from leaderboard.build import build_leaderboard
+    from bench.config import load_suite
+
+    make_npz(tmp_path / "data", flag, size=size, n=(32, 16, 16))
+    monkeypatch.setenv("BENCH_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("BENCH_ALLOW_UNVERIFIED_DATA", "1")
+    suites("plus", f"""
+include: _base.yaml
+suite: plus
+size: {size}
+models: {{3d: resnet18_3d_tiny}}
+train: {{epochs: 1, batch_size: 16}}
+grid: {{dataset: [{flag}], objective: [ce], aug: [true], seed: [0], protocol: [official]}}
+""")
+    s = run_suite("plus", progress=False, leaderboard=False)
+    assert s.failed == 0 and s.results[0].run_name == f"{flag}-{size}px-ce-aug-s0-official", [r.line() for r in s.results]
+    df = cell_runs("medauc-bench/plus")
+    assert df["params.size"].tolist() == [str(size)] and df["params.model"].tolist() == [model]
+    md = build_leaderboard("plus", out_dir=tmp_path / "lb", charts=False, declared=load_suite("plus")).read_text()
+    assert f"## {flag} ({size} px)" in md and "| — | — | — |" in md
