@@ -69,8 +69,27 @@ def _hardware_row() -> list[str]:
     return ["hardware", "ok", f"{what} -> {path} (torch {torch.__version__})"]
 
 
+EXTRAS = {  # extra -> (module to look for, what it enables)
+    "ray": ("ray", "bench suite --executor ray"),
+    "postgres": ("psycopg2", "postgresql:// stores and BENCH_CLAIMS_URI claims"),
+    "shift": ("torchio", "3D corruptions (bench shift); 2D also needs medmnistc"),
+}
+
+
+def _extra_rows() -> list[list[str]]:
+    """Optional extras: missing ones are fine (their features say so in one line when used)."""
+    import importlib.util
+
+    rows = []
+    for extra, (module, enables) in EXTRAS.items():
+        present = importlib.util.find_spec(module) is not None
+        rows.append([f"extra {extra}", "ok" if present else "not installed",
+                     enables if present else f"{enables}: pip install -e '.[{extra}]'"])
+    return rows
+
+
 def run_doctor(root=None) -> tuple[str, bool]:
-    rows = _data_rows(root) + [_tracking_row(), _artifact_row(), _hardware_row()]
+    rows = _data_rows(root) + [_tracking_row(), _artifact_row(), _hardware_row()] + _extra_rows()
     ok = all(r[1] != "FAIL" for r in rows) and any(r[1] in ("ok", "UNVERIFIED") for r in rows[: len(D.names())])
     text = tabulate(rows, ["check", "status", "detail"], tablefmt="simple")
     verdict = "ready" if ok else "NOT ready: fix the FAIL rows (or provide at least one data file)"
