@@ -11,7 +11,9 @@ D = [0.01, 0.02, 0.03, -0.005, 0.015, 0.025]  # aucm - ce on shift_auc_mean, per
 def run(recipe: str, seed: int, clean: float, offset: float = 0.0, dataset: str = "breastmnist") -> dict:
     """Two corruptions: a_k = clean - 0.05 - 0.01k, b_k = clean - 0.10 - 0.02k, each + offset.
     So shift_auc_mean = clean - 0.12 + offset; corruption b is the worst (clean - 0.16 + offset)."""
-    row = {"dataset": dataset, "recipe": recipe, "model": "resnet18_28", "aug": False, "protocol": "official",
+    objective = "ce" if recipe in ("ce", "same") else recipe
+    row = {"dataset": dataset, "size": "28", "recipe": recipe, "objective": objective, "model": "resnet18_28",
+           "aug": "off", "protocol": "official",
            "seed": seed, "fold": -1, "test_auc": clean}
     for k in range(1, 6):
         row[f"shift_a_s{k}_auc"] = clean - 0.05 - 0.01 * k + offset
@@ -52,7 +54,7 @@ def test_single_run_has_no_spread(runs):
 def test_paired_shift_known_answer(runs):
     p = L.paired_shift(runs).set_index("recipe")
     a = p.loc["aucm"]
-    assert a["baseline"] == "ce" and a["n_pairs"] == 6 and (a["wins"], a["losses"]) == (5, 1)
+    assert a["control"] == "ce" and a["n_pairs"] == 6 and (a["wins"], a["losses"]) == (5, 1)
     assert a["mean_diff"] == pytest.approx(np.mean(D))
     assert a["std_diff"] == pytest.approx(0.0124164, abs=1e-6)
     # |d| ranks 1..6, the only negative has rank 1: W = 1, exact two-sided p = 2 * 2/2^6
@@ -63,9 +65,10 @@ def test_paired_shift_known_answer(runs):
     assert same["mean_diff"] == 0 and same["wilcoxon_p"] == 1.0 and same["ttest_p"] == 1.0
 
 
-def test_paired_shift_excludes_other_baselines(runs):
-    p = L.paired_shift(runs, baselines=("ce", "same"))
-    assert set(zip(p["baseline"], p["recipe"], strict=True)) == {("ce", "aucm"), ("same", "aucm")}
+def test_paired_shift_compares_treatments_with_each_control(runs):
+    # Controls are never treatments of each other, except against the last (plainest) control.
+    p = L.paired_shift(runs, controls=("ce", "same"))
+    assert set(zip(p["control"], p["recipe"], strict=True)) == {("ce", "aucm"), ("same", "aucm"), ("same", "ce")}
     assert L.paired_shift(runs[runs["recipe"] == "ce"]).empty
 
 
@@ -82,7 +85,7 @@ def test_severity_curves_values(runs):
 
 
 def test_severity_curves_name_what_varies(runs):
-    both = pd.concat([runs, runs.assign(aug=True)], ignore_index=True)
+    both = pd.concat([runs, runs.assign(aug="on")], ignore_index=True)
     assert set(L.severity_curves(both, "breastmnist")["line"]) >= {"ce, aug off", "ce, aug on"}
 
 
