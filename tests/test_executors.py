@@ -197,6 +197,14 @@ def test_dry_run_plans_makespan_and_storage(suites, synth_dir):
     assert res.exit_code == 0 and "storage for the 4 cells to run" in res.output and "makespan" not in res.output
 
 
+def test_dry_run_names_requests_no_worker_can_hold(suites, synth_dir):
+    suites("ft", FT.format(name="ft", objectives="[ce, aucm_ft]") + "resources: {cpus: 4}\n")
+    res = invoke("suite", "ft", "--dry-run", "--workers", "2", "--gpus-per-worker", "1", "--cpus-per-worker", "2")
+    assert res.exit_code == 0, res.output
+    assert "NO MAKESPAN: cells asking 4 CPU + 0.25 GPU fit on no worker of 2 CPU + 1 GPU" in res.output, res.output
+    assert "inf h" not in res.output
+
+
 # ---------------------------------------------------------------------------- bad input on the command line
 @pytest.mark.parametrize("args, needle", [
     (("--executor", "rya"), "did you mean 'ray'"),
@@ -239,3 +247,12 @@ def test_local_path_never_imports_ray(suites, synth_dir):
             "assert 'ray' not in sys.modules, 'ray was imported'\nprint('NO-RAY-OK')")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0 and "NO-RAY-OK" in out.stdout, out.stderr[-2000:]
+
+
+def test_dry_run_default_worker_cpus_hold_the_largest_request(suites, synth_dir, monkeypatch):
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    suites("ft", FT.format(name="ft", objectives="[ce, aucm_ft]") + "resources: {cpus: 4}\n")
+    res = invoke("suite", "ft", "--dry-run", "--workers", "2", "--gpus-per-worker", "1")
+    assert res.exit_code == 0, res.output
+    assert "planning 4 CPUs per worker (the largest cell request; this machine has 2)" in res.output
+    assert "plan for 2 worker(s) x (4 CPU, 1 GPU)" in res.output and "estimated makespan" in res.output

@@ -201,7 +201,8 @@ def makespan_report(plan: Plan, measured: dict, workers: Workers, max_concurrent
         sources[how] = sources.get(how, 0) + 1
     crit_s, chain = plan.critical_path(lambda p: seconds[p.cell_id])
     work = sum(seconds.values())
-    span = simulate(plan, seconds, workers, max_concurrent)
+    too_big = sorted({str(p.resources) for p in plan.items if fits(p.resources, workers)[0] < 1})
+    span = simulate(plan, seconds, workers, max_concurrent) if not too_big else float("inf")
     out = [
         f"plan for {workers.n} worker(s) x ({workers.cpus:g} CPU" + (f", {workers.gpus} GPU" if gpu else "") + ")"
         + (f", at most {max_concurrent} cells at once" if max_concurrent else "") + ":",
@@ -210,8 +211,12 @@ def makespan_report(plan: Plan, measured: dict, workers: Workers, max_concurrent
         f"  packing: {packing(plan, workers)}",
         f"  critical path: {len(chain)} cell(s), {_hours(crit_s)}" + (f" ({' -> '.join(p.task.cell.run_name for p in chain)})"
                                                                      if 1 < len(chain) <= 4 else ""),
-        f"  total work {_hours(work)}; estimated makespan {_hours(span)} (greedy schedule, longest chain first; "
-        f"no schedule beats the critical path)",
+        f"  total work {_hours(work)}; " + (
+            f"estimated makespan {_hours(span)} (greedy schedule, longest chain first; no schedule beats the critical path)"
+            if not too_big else
+            f"NO MAKESPAN: cells asking {', '.join(too_big)} fit on no worker of {workers.cpus:g} CPU"
+            + (f" + {workers.gpus} GPU" if gpu else "") + "; plan with a larger --cpus-per-worker/--gpus-per-worker, "
+            "or lower the suite's resources"),
     ]
     if gpu:
         out.append("  ASSUMPTIONS (not measured on a GPU): one cell on one GPU runs "
