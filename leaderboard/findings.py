@@ -66,6 +66,12 @@ def findings(suite: str, runs: pd.DataFrame, agg: pd.DataFrame, paired: pd.DataF
            "Official split, test AUC, mean ± std (ddof=1) over n seeds; Δ are paired per seed. Every choice was "
            "made on validation data; each run scored its test split once.", "", table(head, rows, 2)]
     primary = paired[paired["primary"]] if not paired.empty else paired
+    pooled = paired[(paired["recipe"] == "each dataset's DAM recipe") & ~paired["primary"]] if not paired.empty else paired
+    if not pooled.empty:
+        out += ["", "Pooled over the datasets (each dataset's DAM recipe; not a declared endpoint): " + "; ".join(
+            f"Δ DAM − `{r['control']}` {fmt(r['mean_diff'], r['std_diff'])} over {r['n_pairs']} pairs "
+            f"({r['wins']}/{r['losses']}/{r['ties']}), exact Wilcoxon p = {fmt_p(r['wilcoxon_p'])}"
+            for _, r in pooled.iterrows()) + "."]
     if not primary.empty:
         r = primary.iloc[0]
         sig = "significant" if np.isfinite(r["wilcoxon_p"]) and r["wilcoxon_p"] < 0.05 else "not significant"

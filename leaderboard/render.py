@@ -292,6 +292,13 @@ def chart(agg: pd.DataFrame, dataset: str, ref: dict, path: Path) -> None:
     ax.set_xticks(x, recipes)
     ax.set_ylabel("test AUC (mean ± std)")
     ax.set_title(f"{dataset}: test AUC by objective", fontsize=10)
+    save_chart(fig, ax, path)
+
+
+def save_chart(fig, ax, path) -> None:
+    """Every leaderboard chart ends alike: legend outside the axes, fixed DPI (byte-stable PNGs)."""
+    import matplotlib.pyplot as plt
+
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -23,6 +23,7 @@ import pandas as pd
 from bench.shift.metrics import DROP, MEAN, parse_metric
 from leaderboard.aggregate import DEFAULT_CONTROLS, GROUP_KEYS, paired, units
 from leaderboard.format import fmt
+from leaderboard.render import save_chart
 
 LINE_KEYS = ["recipe", "model", "aug", "protocol"]  # one chart line per combination present
 
@@ -131,7 +132,4 @@ def severity_chart(runs: pd.DataFrame, dataset: str, path: str | Path) -> None:
     ax.set_xlabel("corruption severity")
     ax.set_ylabel("test AUC (mean over corruptions)")
     ax.set_title(f"{dataset}: AUC under corruption (mean ± std over runs)", fontsize=10)
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_chart(fig, ax, path)
