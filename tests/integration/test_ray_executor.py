@@ -94,8 +94,12 @@ def one_finished_run_per_cell(runs, n_cells):
     finished = [r.data.tags["bench_cell_id"] for r in runs if r.info.status == "FINISHED"]
     killed = sum(r.info.status == "KILLED" for r in runs)
     # The closing-note figure of each fault case: cells finished, and finished twice (must be 0).
-    log.info("%s: %d cells finished, %d finished twice, %d runs KILLED (stale)",
-             os.environ.get("PYTEST_CURRENT_TEST", "?").split(" ")[0], len(set(finished)), len(finished) - len(set(finished)), killed)
+    line = (f"{os.environ.get('PYTEST_CURRENT_TEST', '?').split(' ')[0]}: {len(set(finished))} cells finished, "
+            f"{len(finished) - len(set(finished))} finished twice, {killed} runs KILLED (stale)")
+    log.info(line)
+    if os.environ.get("BENCH_FAULT_COUNTS"):  # a file to collect these lines across the isolated re-run
+        with open(os.environ["BENCH_FAULT_COUNTS"], "a") as f:
+            f.write(line + "\n")
     assert len(finished) == len(set(finished)) == n_cells, f"FINISHED runs per cell: {sorted(finished)}"
     assert not [r for r in runs if r.info.status == "RUNNING"], "a run was left RUNNING"
 
