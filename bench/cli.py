@@ -72,7 +72,10 @@ def _optional_int(lo, hi):
 
 
 def _progress(value):
-    return sys.stderr.isatty() if value is None else value
+    on = sys.stderr.isatty() if value is None else value
+    if not on:  # MLflow's own artifact-download bars would otherwise fill logs and CI output
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    return on
 
 
 def contradiction(condition: bool, message: str) -> None:
