@@ -344,7 +344,10 @@ def leaderboard(suite_name, out_dir, from_csv, experiment, generated_at, readme)
 
     # a declared suite is read back by its cell ids (including cells reused from other suites);
     # runs of a suite whose file is gone are found by their bench_suite tag
-    declared = load_suite(suite_name) if suite_name in available_suites() else None
+    # ... and an outside suite by its file (`--suite examples/focal_loss/suite.yaml`), named as the file says
+    is_file = suite_name.endswith((".yaml", ".yml"))
+    declared = load_suite(suite_name) if is_file or suite_name in available_suites() else None
+    suite_name = declared.name if declared is not None else suite_name
     path = build_leaderboard(suite_name, out_dir=out_dir, from_csv=from_csv, experiment=experiment, declared=declared,
                              generated_at=generated_at)
     click.echo(f"wrote {path}")
