@@ -3,8 +3,10 @@ from pathlib import Path
 
 import mlflow
 import pytest
+from click.testing import CliRunner
 
 from bench import provenance
+from bench.cli import main
 from bench.config import load_suite
 from bench.errors import ConfigError
 from bench.objectives import OBJECTIVES
@@ -38,6 +40,10 @@ def test_example_plugin_suite_runs_against_ce(synth_dir, monkeypatch, tmp_path):
     assert set(runs["params.recipe"]) == {"ce", "focal"} and set(runs["params.focal.gamma"].dropna()) == {"2.0"}
     md = build_leaderboard("focal_example", out_dir=tmp_path / "lb", charts=False, declared=load_suite(str(suite)))
     assert "| focal |" in md.read_text() and "### Against `ce`" in md.read_text()
+    # what the README tells a user to type: the leaderboard of an outside suite, by its file
+    res = CliRunner().invoke(main, ["leaderboard", "--suite", str(suite), "--out", str(tmp_path / "cli")])
+    assert res.exit_code == 0, res.output
+    assert "| focal |" in (tmp_path / "cli" / "focal_example.md").read_text()
 
 
 @pytest.mark.parametrize("plugins, needle", [
