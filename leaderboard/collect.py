@@ -179,8 +179,9 @@ def tidy(export: pd.DataFrame) -> pd.DataFrame:
         "commit": commit.str.replace("-dirty", "", regex=False),
         "dirty": _bool(_col(df, "tags.bench_git_dirty", "false")) | commit.str.endswith("-dirty"),
     })
-    for m in KEEP_METRICS:
-        out[m] = pd.to_numeric(df[f"metrics.{m}"], errors="coerce")
-    for c in sorted(c for c in df.columns if c.startswith(SHIFT_PREFIX)):
-        out[c[len("metrics."):]] = pd.to_numeric(df[c], errors="coerce")
+    # all metric columns at once: one insert per column fragments the frame (pandas warns, per column)
+    metrics = {m: pd.to_numeric(df[f"metrics.{m}"], errors="coerce") for m in KEEP_METRICS}
+    metrics.update({c[len("metrics."):]: pd.to_numeric(df[c], errors="coerce")
+                    for c in sorted(c for c in df.columns if c.startswith(SHIFT_PREFIX))})
+    out = pd.concat([out, pd.DataFrame(metrics, index=df.index)], axis=1)
     return out.sort_values(["dataset", "recipe", "aug", "protocol", "seed", "fold"]).reset_index(drop=True)
