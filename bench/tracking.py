@@ -100,13 +100,29 @@ class Tracker:
             if exp is not None:
                 for k, v in tags.items():
                     if k not in exp.tags:
-                        self.client.set_experiment_tag(exp.experiment_id, k, v)
+                        self._set_missing_tag(exp.experiment_id, k, v)
                 return exp.experiment_id
             root = artifact_root(self.uri)
             location = f"{root}/{name.replace('/', '_')}" if root else None
-            return self.client.create_experiment(name, artifact_location=location, tags=tags)
+            try:
+                return self.client.create_experiment(name, artifact_location=location, tags=tags)
+            except mlflow.exceptions.MlflowException:
+                exp = self.client.get_experiment_by_name(name)  # another driver created it first
+                if exp is None:
+                    raise
+                return exp.experiment_id
         except mlflow.exceptions.MlflowException as exc:
             raise TrackingError(f"tracking store {self.uri}: cannot open experiment '{name}' ({exc.message.splitlines()[0]})") from None
+
+    def _set_missing_tag(self, experiment_id: str, key: str, value: str) -> None:
+        """Two drivers starting at once both see the tag missing and both insert it; the store's
+        unique key refuses the second insert (PostgreSQL and SQLite alike). Losing that race is
+        fine: the tag is there."""
+        try:
+            self.client.set_experiment_tag(experiment_id, key, value)
+        except mlflow.exceptions.MlflowException:
+            if key not in self.client.get_experiment(experiment_id).tags:
+                raise
 
     # ---------------------------------------------------------------- queries
     def _search(self, filter_string: str, reuse: bool = False) -> list:

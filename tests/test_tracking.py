@@ -81,3 +81,37 @@ def test_postgres_store_without_psycopg2_names_the_extra(monkeypatch):
         T.check_reachable("postgresql://bench:secret@db.example:5432/mlflow")
     msg = str(err.value)
     assert "pip install -e '.[postgres]'" in msg and "\n" not in msg and "secret" not in msg
+
+
+def test_two_drivers_opening_one_experiment_at_once_both_succeed(monkeypatch):
+    """The race two drivers starting together run: both see the experiment (or a tag) missing,
+    both write it, and the store's unique key refuses the second write. The loser goes on."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    first = T.Tracker("race", description="a suite")  # the winner: experiment and tags exist now
+    real_create, real_tag = MlflowClient.create_experiment, MlflowClient.set_experiment_tag
+
+    def lost_create(self, name, **kw):
+        raise mlflow.exceptions.MlflowException(f"Experiment(name={name}) already exists.")
+
+    def lost_tag(self, experiment_id, key, value):
+        real_tag(self, experiment_id, key, value)  # the other driver's insert lands first ...
+        raise mlflow.exceptions.MlflowException("UNIQUE constraint failed: experiment_tags")  # ... ours fails
+
+    real_get, calls = MlflowClient.get_experiment_by_name, []
+
+    def not_yet(self, name):  # the first look happens before the other driver's create
+        calls.append(name)
+        return None if len(calls) == 1 else real_get(self, name)
+
+    monkeypatch.setattr(MlflowClient, "create_experiment", lost_create)
+    monkeypatch.setattr(MlflowClient, "get_experiment_by_name", not_yet)
+    assert T.Tracker("race", description="a suite").experiment_id == first.experiment_id
+    monkeypatch.setattr(MlflowClient, "get_experiment_by_name", real_get)
+    monkeypatch.setattr(MlflowClient, "create_experiment", real_create)
+    bare = T.Tracker("bare")  # created without tags; a second driver then adds them and loses the race
+    monkeypatch.setattr(MlflowClient, "set_experiment_tag", lost_tag)
+    again = T.Tracker("bare", description="a suite")
+    assert again.experiment_id == bare.experiment_id
+    assert again.client.get_experiment(bare.experiment_id).tags  # the tags are there
