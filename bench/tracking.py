@@ -244,6 +244,9 @@ class Tracker:
             "bench_role": "cell", "bench_suite": suite, "bench_cell_id": cell.cell_id,
             "bench_group_id": cell.group_id, "bench_version": __version__, **run_tags(), **self.context_tags,
             "bench_status": "running", **(extra_tags or {}),
+            # CPU float reductions depend on the thread count: the same cell id run with other
+            # threads (e.g. a 1-CPU Ray task vs the local executor) gives slightly other numbers
+            "bench_torch_threads": _torch_threads(),
         }
         if lock is not None:
             tags["bench_lock"] = lock.key
@@ -282,6 +285,12 @@ class Tracker:
         run = self.client.create_run(self.experiment_id, run_name=run_name, tags=_strings({**base, **tags}))
         self.client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in params.items()])
         return RunHandle(self, run.info.run_id, None)
+
+
+def _torch_threads() -> int:
+    import torch  # already imported by whoever trains the cell
+
+    return torch.get_num_threads()
 
 
 def _strings(tags: dict) -> dict[str, str]:

@@ -43,6 +43,9 @@ def test_runs_carry_their_claim_key_and_stale_ones_are_marked(tmp_path):
     run = tracker.start_cell(cell, "smoke", None, claim)
     tags = tracker.client.get_run(run.run_id).data.tags
     assert tags["bench_lock"] == cell.cell_id and tags["bench_executor"] == "local" and tags["bench_host"]
+    import torch
+
+    assert tags["bench_torch_threads"] == str(torch.get_num_threads())  # numbers depend on it (CPU reductions)
     assert tracker.mark_stale() == 0  # its holder (we) is alive
     # while we hold the key, a RUNNING run of the cell with that key is a dead process's
     older = tracker.start_cell(cell, "smoke", None, claim)
