@@ -105,7 +105,7 @@ def dry_run(suite: Suite, cells: list[Cell], finished: dict) -> str:
         done = c.cell_id in finished
         est = estimate_seconds(c)
         todo_s += 0 if done else est
-        rows.append([c.cell_id, c.dataset, c.recipe, c.model, "on" if c.aug else "off", c.seed,
+        rows.append([c.cell_id, c.dataset, c.recipe, c.model, c.aug, c.seed,
                      c.protocol + ("" if c.fold is None else f"/{c.fold}"), "finished" if done else "to run"])
     head = ["cell id", "dataset", "objective", "model", "aug", "seed", "fold", "status"]
     n_todo = sum(r[-1] == "to run" for r in rows)

@@ -193,6 +193,12 @@ def test_dry_run_lists_cells_and_status(suites, synth_dir):
     assert "finished" in text and "to run" in text and "2 cells, 1 finished, 1 to run" in text
 
 
+def test_dry_run_shows_each_cells_augmentation_by_name(suites, synth_dir):
+    write(suites, extra="grids:\n  - {aug: [false]}\n  - {aug: [true], objective: [ce]}\n")
+    rows = [line.split() for line in run_suite("t", dry=True).splitlines() if "breastmnist" in line]
+    assert sorted((r[2], r[4]) for r in rows) == [("aucm", "off"), ("ce", "off"), ("ce", "on")], rows
+
+
 def test_failed_init_source_fails_the_dependent_cell(suites, synth_dir, monkeypatch):
     import bench.objectives as O
 
