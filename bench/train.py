@@ -127,6 +127,17 @@ def memory_format(dims: int):
     return torch.channels_last if dims == 2 else torch.channels_last_3d
 
 
+def to_memory_format(model: torch.nn.Module, dims: int) -> torch.nn.Module:
+    """The channels-last layout for bf16 convolutions, where the model's kernels can take it.
+
+    ACS convolutions keep 2D (rank-4) kernels inside a 3D network, and torch refuses to put a
+    rank-4 tensor in ``channels_last_3d``: such a model keeps its default layout (inputs are
+    still channels-last; the convolution converts as needed).
+    """
+    ranks = {p.dim() for p in model.parameters() if p.dim() >= 4}
+    return model.to(memory_format=memory_format(dims)) if ranks <= {dims + 2} else model
+
+
 def fit(
     cell: Cell,
     proto: Protocol,
@@ -157,7 +168,7 @@ def fit(
         model.load_state_dict(init_state)
     model = model.to(device)
     if bf16:
-        model = model.to(memory_format=memory_format(spec.dims))
+        model = to_memory_format(model, spec.dims)
 
     objective = get_objective(cell.objective)
     objective.check_task(spec.task == "multilabel")
@@ -293,5 +304,5 @@ def fit(
     final.load_state_dict(best_state)
     final = final.to(device)
     if bf16:
-        final = final.to(memory_format=memory_format(spec.dims))
+        final = to_memory_format(final, spec.dims)
     return FitResult(final, best_epoch, best_auc, best_scores, history, t_train, samples, bf16, stopped)
