@@ -10,8 +10,6 @@ cluster); every executor runs a cell with the same code, ``bench.worker.run_task
 """
 from __future__ import annotations
 
-import dataclasses
-
 import logging
 import os
 import time
@@ -232,12 +230,10 @@ def run_suite(name: str, *, rerun=False, only=(), max_cells=None, dry=False, dat
         plan = build_plan(suite, cells, finished, rerun=rerun, policy=policy,
                           cluster_has_gpus=bool(plan_for and plan_for.gpus), checkpoints=keep, all_cells=all_cells)
         note = ""
-        largest = max((p.resources.cpus for p in plan.items), default=0.0)
-        if plan_for and cpus_per_worker is None and largest > plan_for.cpus:
-            # This machine's core count is a poor guess for a GPU node; never plan an impossible cluster by default.
-            note = (f"--cpus-per-worker not given: planning {largest:g} CPUs per worker (the largest cell request; "
-                    f"this machine has {plan_for.cpus:g})\n")
-            plan_for = dataclasses.replace(plan_for, cpus=largest)
+        if plan_for and cpus_per_worker is None:
+            from bench.executors.planning import hold_largest_request
+
+            plan_for, note = hold_largest_request(plan, plan_for)
         return (dry_run(suite, cells, finished) + "\n" + note
                 + plan_report(plan, tracker, suite, needed_sources(suite, all_cells), plan_for, max_concurrent))
     if suite.doc.get("shift"):  # score each selected model on corrupted test sets after its clean test

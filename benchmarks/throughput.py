@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from tabulate import tabulate
 
 from bench.models import MODELS, create_model, model_info
-from bench.train import cpu_has_bf16, to_memory_format
+from bench.train import cpu_has_bf16, memory_format, to_memory_format
 
 
 def measure(name: str, bf16: bool, train: bool, batch: int, seconds: float, size: int = 28) -> float:
@@ -23,7 +23,7 @@ def measure(name: str, bf16: bool, train: bool, batch: int, seconds: float, size
     model = create_model(name, 1, 1)
     x = torch.randn(batch, 1, *([size] * dims))
     y = torch.randint(0, 2, (batch, 1)).float()
-    fmt = torch.channels_last if dims == 2 else torch.channels_last_3d
+    fmt = memory_format(dims)
     if bf16:
         model, x = to_memory_format(model, dims), x.contiguous(memory_format=fmt)
     opt = torch.optim.Adam(model.parameters(), 1e-3)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import functools
 import heapq
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from bench import datasets as DS
 from bench.executors.plan import Plan, PlannedCell
@@ -39,6 +39,18 @@ class Workers:
     n: int
     cpus: float
     gpus: int = 0
+
+
+def hold_largest_request(plan: Plan, workers: Workers) -> tuple[Workers, str]:
+    """Workers with at least the CPUs of the plan's largest cell request, and a line saying so
+    when that changed them: a default taken from this machine's cores (a poor guess for a GPU
+    node) must never plan a cluster on which some cells fit nowhere."""
+    largest = max((p.resources.cpus for p in plan.items), default=0.0)
+    if largest <= workers.cpus:
+        return workers, ""
+    note = (f"--cpus-per-worker not given: planning {largest:g} CPUs per worker (the largest cell request; "
+            f"this machine has {workers.cpus:g})\n")
+    return replace(workers, cpus=largest), note
 
 
 @functools.lru_cache(maxsize=None)
@@ -201,7 +213,7 @@ def makespan_report(plan: Plan, measured: dict, workers: Workers, max_concurrent
         sources[how] = sources.get(how, 0) + 1
     crit_s, chain = plan.critical_path(lambda p: seconds[p.cell_id])
     work = sum(seconds.values())
-    too_big = sorted({str(p.resources) for p in plan.items if fits(p.resources, workers)[0] < 1})
+    too_big = sorted(str(r) for r in {p.resources for p in plan.items} if fits(r, workers)[0] < 1)
     span = simulate(plan, seconds, workers, max_concurrent) if not too_big else float("inf")
     out = [
         f"plan for {workers.n} worker(s) x ({workers.cpus:g} CPU" + (f", {workers.gpus} GPU" if gpu else "") + ")"
