@@ -310,7 +310,14 @@ class RunHandle:
     def dataset(self, name: str, digest: str, source: str, context: str) -> None:
         """Log the cell's data as an MLflow dataset input: the runs table's Dataset column then
         shows which file (by MD5) a run trained on, and runs on different files look different."""
-        self.client.log_inputs(self.run_id, datasets=[native.dataset_input(name, digest, source, context)])
+        inputs = [native.dataset_input(name, digest, source, context)]
+        try:
+            self.client.log_inputs(self.run_id, datasets=inputs)
+        except mlflow.exceptions.MlflowException:
+            # MLflow looks the dataset up, then inserts it: two processes logging the same file
+            # into one experiment at once race, and the loser's insert breaks the unique key.
+            # The dataset exists now, so a second call only links it to this run.
+            self.client.log_inputs(self.run_id, datasets=inputs)
 
     def metrics(self, metrics: dict, step: int = 0) -> None:
         ts = int(time.time() * 1000)

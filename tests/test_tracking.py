@@ -118,3 +118,28 @@ def test_two_drivers_opening_one_experiment_at_once_both_succeed(monkeypatch):
     again = T.Tracker("bare", description="a suite")
     assert again.experiment_id == bare.experiment_id
     assert again.client.get_experiment(bare.experiment_id).tags  # the tags are there
+
+
+def test_two_processes_logging_one_dataset_at_once_both_link_it(monkeypatch):
+    """MLflow's log_inputs looks a dataset up and then inserts it; when another process inserts
+    the same dataset in between, our insert fails once. The run must still get its input."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from bench.config import load_suite
+
+    tracker = T.Tracker("e")
+    cell = load_suite("smoke").cells()[0]
+    run = tracker.start_cell(cell, "smoke", None, None)
+    real, calls = MlflowClient.log_inputs, []
+
+    def lost_race(self, run_id, datasets=None, models=None):
+        calls.append(run_id)
+        if len(calls) == 1:
+            raise mlflow.exceptions.MlflowException("UNIQUE constraint failed: datasets.experiment_id, datasets.name")
+        return real(self, run_id, datasets=datasets)
+
+    monkeypatch.setattr(MlflowClient, "log_inputs", lost_race)
+    run.dataset("breastmnist", "0123456789abcdef", "/data/breastmnist.npz", "Official")
+    inputs = tracker.client.get_run(run.run_id).inputs.dataset_inputs
+    assert [i.dataset.name for i in inputs] == ["breastmnist"] and len(calls) == 2

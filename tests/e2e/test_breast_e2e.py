@@ -159,7 +159,8 @@ grid: {dataset: [breastmnist], objective: [ce, aucm], aug: [false, true], seed: 
     procs = [subprocess.Popen(_suite_cmd("twin"), cwd=REPO, env=dict(os.environ), stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True) for _ in range(2)]
     outs = [p.communicate(timeout=400)[0] for p in procs]
-    assert all(p.returncode == 0 for p in procs), outs
+    why = [line for o in outs for line in o.splitlines() if "FAILED" in line or "rror" in line or "failed" in line]
+    assert all(p.returncode == 0 for p in procs), why or outs
     df = cell_runs("medauc-bench/twin")
     counts = df[df["status"] == "FINISHED"].groupby("tags.bench_cell_id").size()
     assert len(counts) == 4 and (counts == 1).all()
