@@ -212,6 +212,20 @@ def test_dam_is_compared_with_the_budget_matched_control_and_with_ce():
     assert "### Against `ce_ft`" in md and "budget-matched control" in md and "### Against `ce`" in md
 
 
+def test_pooled_dam_rows_never_mix_protocols_and_the_primary_is_official():
+    """A dataset run under both protocols shares its seeds between them: pooling both would count
+    each seed twice, so each protocol pools on its own and only the official row is primary."""
+    off = pd.concat([_runs({"ce_ft": lambda s, k: 0.80, "aucm_ft": lambda s, k: 0.80 + 0.01 * (s + 1)}, dataset=d)
+                     for d in ("a", "b")])
+    cv = _runs({"ce_ft": lambda s, k: 0.80, "aucm_ft": lambda s, k: 0.70}, protocol="cv5", folds=range(5), dataset="a")
+    cv2 = cv.assign(dataset="b")
+    p = A.paired(pd.concat([off, cv, cv2]), controls=("ce_ft",), primary="ce_ft")
+    each = p[p["recipe"] == "each dataset's DAM recipe"].set_index("protocol")
+    assert set(each.index) == {"official", "cv5"} and (each["n_pairs"] == 6).all()
+    assert each.loc["official", "mean_diff"] == pytest.approx(0.02) and each.loc["cv5", "mean_diff"] == pytest.approx(-0.1)
+    assert p["primary"].sum() == 1 and bool(each.loc["official", "primary"]) and not bool(each.loc["cv5", "primary"])
+
+
 def test_groups_name_their_code_and_flag_mixed_or_dirty_code():
     runs = pd.concat([_runs({"ce": lambda s, k: 0.8}, code="aaaa1111"), _runs({"aucm": lambda s, k: 0.8}, code="bbbb2222")])
     runs.loc[(runs.recipe == "aucm") & (runs.seed == 2), "code"] = "cccc3333"
