@@ -352,9 +352,14 @@ def leaderboard(suite_name, out_dir, from_csv, experiment, generated_at, readme)
                              generated_at=generated_at)
     click.echo(f"wrote {path}")
     if readme:
-        from leaderboard.findings import update_readme
+        from leaderboard.findings import GENERATED_SUFFIXES, readme_block, update_readme
 
-        click.echo(f"updated {update_readme(path.with_name(f'{suite_name}-findings.md'))}")
+        # the findings and (a search's) selection record, each where README has a block for it;
+        # with no block at all, the findings' error names the two marker lines to add
+        made = [path.with_name(suite_name + s) for s in GENERATED_SUFFIXES]
+        shown = [f for f in made if f.exists() and readme_block(f) is not None] or made[:1]
+        for f in shown:
+            click.echo(f"updated {update_readme(f)} ({f.name})")
 
 
 @main.command()

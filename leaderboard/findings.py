@@ -89,9 +89,18 @@ def findings(suite: str, runs: pd.DataFrame, agg: pd.DataFrame, paired: pd.DataF
     return "\n".join(out)
 
 
+# Generated files README may carry a copy of: a suite's findings and a search's selection record.
+GENERATED_SUFFIXES = ("-findings.md", "-selection.md")
+
+
+def _suite_of(generated: Path) -> str:
+    return next(generated.name[: -len(s)] for s in GENERATED_SUFFIXES if generated.name.endswith(s))
+
+
 def update_readme(findings_file: Path, readme: Path = README) -> Path:
-    """Replace README's generated block for ``findings_file`` with the file's content."""
-    suite = findings_file.name[: -len("-findings.md")]
+    """Replace README's generated block for ``findings_file`` (``<suite>-findings.md`` or
+    ``<suite>-selection.md``) with the file's content."""
+    suite = _suite_of(findings_file)
     name = f"leaderboard/{findings_file.name}"
     begin, end = BEGIN.format(name=name, suite=suite), END.format(name=name)
     text, body = readme.read_text(), findings_file.read_text().rstrip("\n")
@@ -107,8 +116,8 @@ def update_readme(findings_file: Path, readme: Path = README) -> Path:
 
 def readme_block(findings_file: Path, readme: Path = README) -> str | None:
     """The README's current copy of ``findings_file`` (None when the README has no block for it)."""
-    suite = findings_file.name[: -len("-findings.md")]
+    suite = _suite_of(findings_file)
     name = f"leaderboard/{findings_file.name}"
-    m = re.search(re.escape(BEGIN.format(name=name, suite=suite)) + r"\n(.*?)\n" + re.escape(END.format(name=name)),
+    m = re.search(re.escape(BEGIN.format(name=name, suite=suite)) + r"\n(.*?)\n?" + re.escape(END.format(name=name)),
                   readme.read_text(), re.S)
     return m.group(1) if m else None

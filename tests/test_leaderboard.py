@@ -254,13 +254,13 @@ def test_committed_leaderboards_regenerate_byte_for_byte(runs_csv, tmp_path):
     md = build_leaderboard(suite, out_dir=tmp_path, from_csv=runs_csv, charts=False, generated_at=stamp,
                            declared=declared)
     assert md.read_text() == committed
-    findings = runs_csv.with_name(f"{suite}-findings.md")
-    if findings.exists():
-        from leaderboard.findings import readme_block
+    from leaderboard.findings import GENERATED_SUFFIXES, readme_block
 
-        assert (tmp_path / findings.name).read_text() == findings.read_text()
-        block = readme_block(findings)
-        assert block is None or block == findings.read_text().rstrip("\n")
+    for generated in (runs_csv.with_name(suite + suffix) for suffix in GENERATED_SUFFIXES):
+        if generated.exists():
+            assert (tmp_path / generated.name).read_text() == generated.read_text()
+            block = readme_block(generated)
+            assert block is None or block == generated.read_text().rstrip("\n")
 
 
 def test_search_rule_picks_by_validation_only_and_records_the_budget():
@@ -290,3 +290,10 @@ def test_readme_block_is_replaced_between_markers(tmp_path):
     readme.write_text(f"intro\n{BEGIN.format(name=name, suite='demo')}\nold\n{END.format(name=name)}\nrest\n")
     update_readme(f, readme)
     assert readme_block(f, readme) == "## Findings\n\nnew table" and readme.read_text().endswith("rest\n")
+    record = tmp_path / "demo-selection.md"  # a search's record gets a block of its own
+    record.write_text("| rule |\n")
+    rname = "leaderboard/demo-selection.md"
+    readme.write_text(readme.read_text() + f"{BEGIN.format(name=rname, suite='demo')}\n{END.format(name=rname)}\n")
+    assert readme_block(record, readme) == ""  # a fresh, empty block is found (and then filled)
+    update_readme(record, readme)
+    assert readme_block(record, readme) == "| rule |" and readme_block(f, readme) == "## Findings\n\nnew table"
