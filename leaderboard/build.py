@@ -65,7 +65,8 @@ def build_leaderboard(suite: str, *, out_dir=None, from_csv=None, experiment=Non
     if found:
         extra += ["", found]
         (out / f"{suite}-findings.md").write_text(found + "\n")
-    secondary = [A.paired(runs, metric=m, controls=controls, primary=primary).assign(metric=m)
+    # the primary endpoint is declared on test AUC: no row of a secondary metric carries its mark
+    secondary = [A.paired(runs, metric=m, controls=controls).assign(metric=m)
                  for m in analysis.get("secondary_metrics") or []]
     md = render.markdown(suite, runs, agg, paired, generated_at, chart_files, collect.ensembles(export), shift, extra,
                          secondary)

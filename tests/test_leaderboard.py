@@ -297,3 +297,18 @@ def test_readme_block_is_replaced_between_markers(tmp_path):
     assert readme_block(record, readme) == ""  # a fresh, empty block is found (and then filled)
     update_readme(record, readme)
     assert readme_block(record, readme) == "| rule |" and readme_block(f, readme) == "## Findings\n\nnew table"
+
+
+def test_secondary_metrics_get_their_own_tables_and_never_the_primary_mark(tmp_path):
+    """The primary endpoint is declared on test AUC: the AUPRC tables show the same pooled row
+    unmarked, so a reader cannot mistake a secondary endpoint for the primary one."""
+    from types import SimpleNamespace
+
+    csv = tmp_path / "x-runs.csv"
+    synthetic_export().to_csv(csv, index=False)
+    analysis = {"controls": ["ce"], "primary": {"control": "ce"}, "secondary_metrics": ["test_auprc"]}
+    md = build_leaderboard("x", out_dir=tmp_path, from_csv=csv, charts=False, generated_at=STAMP,
+                           declared=SimpleNamespace(doc={"analysis": analysis})).read_text()
+    main, auprc = md.split("## Paired comparisons on AUPRC (secondary endpoint)")
+    assert main.count("(primary endpoint)") == 1 and "(primary endpoint)" not in auprc
+    assert "each dataset's DAM recipe" in auprc and "mean Δ AUPRC" in auprc
