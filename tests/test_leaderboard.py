@@ -312,3 +312,15 @@ def test_secondary_metrics_get_their_own_tables_and_never_the_primary_mark(tmp_p
     main, auprc = md.split("## Paired comparisons on AUPRC (secondary endpoint)")
     assert main.count("(primary endpoint)") == 1 and "(primary endpoint)" not in auprc
     assert "each dataset's DAM recipe" in auprc and "mean Δ AUPRC" in auprc
+
+
+def test_findings_pair_official_runs_even_when_the_dataset_also_ran_cv5():
+    """The findings table is official-split: a dataset also run under cv5 must not show its cv5 Δ."""
+    from leaderboard import findings
+
+    off = _runs({"ce_ft": lambda s, k: 0.80, "aucm_ft": lambda s, k: 0.83}, dataset="a")
+    cv = _runs({"ce_ft": lambda s, k: 0.80, "aucm_ft": lambda s, k: 0.70}, protocol="cv5", folds=range(5), dataset="a")
+    runs = pd.concat([off, cv])
+    paired = A.paired(runs, controls=("ce_ft",))
+    text = findings.findings("x", runs, A.aggregate(runs), paired, render.load_reference(), {"controls": ["ce_ft"]})
+    assert "0.030 ± 0.000, 3/0/0" in text and "-0.100" not in text
