@@ -28,7 +28,7 @@ PAIR_KEYS = ["dataset", "size", "model", "aug", "protocol", "seed"]
 TEST_METRICS = ["test_auc", "test_auprc", "test_f1", "test_acc", "test_acc_tuned", "test_f1_tuned"]
 SHIFT_METRICS = ["shift_auc_mean", "shift_auc_drop"]
 DEFAULT_CONTROLS = ("ce_ft", "ce")
-PRIMARY_PROTOCOL = "official"  # the primary endpoint is declared on the official split
+PRIMARY_PROTOCOL = "official"  # default of analysis.primary.protocol; the findings table's protocol
 WILCOXON_MIN_N = 6  # smallest n at which an exact two-sided Wilcoxon p can be < 0.05
 
 
@@ -123,13 +123,14 @@ def treatments(recipes, control: str, controls: list[str]) -> list[str]:
     return sorted(r for r in set(recipes) if r != control and (r not in controls or r in others))
 
 
-def paired(runs: pd.DataFrame, metric: str = "test_auc", controls=DEFAULT_CONTROLS, primary: str | None = None) -> pd.DataFrame:
+def paired(runs: pd.DataFrame, metric: str = "test_auc", controls=DEFAULT_CONTROLS, primary: str | None = None,
+           primary_protocol: str = PRIMARY_PROTOCOL) -> pd.DataFrame:
     """Each treatment vs each control on identical units (dataset, size, model, aug, protocol, seed).
 
     Pooled rows (dataset ``all (pooled)``): a recipe present on two or more datasets pools its
     pairs; and when every dataset has exactly one DAM treatment (objective other than ``ce``),
     "each dataset's DAM recipe" pools those -- the pairs are then independent. Pooling is per
-    protocol; the official-split row against ``primary`` is the primary endpoint (``primary = True``).
+    protocol; the ``primary_protocol`` row against ``primary`` is the primary endpoint (``primary = True``).
     """
     u = units(runs)
     if u.empty or metric not in u:
@@ -158,6 +159,6 @@ def paired(runs: pd.DataFrame, metric: str = "test_auc", controls=DEFAULT_CONTRO
             if len(per_dataset) >= 2 and (per_dataset == 1).all():
                 key = {"control": control, "dataset": "all (pooled)", "size": "", "recipe": "each dataset's DAM recipe",
                        "model": "/".join(sorted(dam["model"].unique())), "aug": "as above", "protocol": protocol,
-                       "primary": control == primary and protocol == PRIMARY_PROTOCOL}
+                       "primary": control == primary and protocol == primary_protocol}
                 rows.append(paired_row(key, dam["d"].to_numpy(dtype=float)))
     return pd.DataFrame(rows)

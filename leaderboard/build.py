@@ -37,9 +37,11 @@ def build_leaderboard(suite: str, *, out_dir=None, from_csv=None, experiment=Non
         raise BenchError(f"suite '{suite}': no runs with results to aggregate (only not-applicable cells?)")
     analysis = analysis_of(declared)
     controls = tuple(analysis.get("controls") or A.DEFAULT_CONTROLS)
-    primary = (analysis.get("primary") or {}).get("control")
+    declared_primary = analysis.get("primary") or {}
+    primary = declared_primary.get("control")
     agg = A.aggregate(runs)
-    paired = A.paired(runs, controls=controls, primary=primary)
+    paired = A.paired(runs, controls=controls, primary=primary,
+                      primary_protocol=declared_primary.get("protocol", A.PRIMARY_PROTOCOL))
     generated_at = generated_at or dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     ref = render.load_reference()
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from leaderboard.aggregate import PRIMARY_PROTOCOL
 from leaderboard.format import fmt, fmt_p, signed, table
 from leaderboard.render import best_row, paper_row
 
@@ -23,9 +24,7 @@ END = "<!-- END GENERATED: {name} -->"
 
 
 def _pair(paired: pd.DataFrame, control: str, dataset: str, recipe: str) -> str:
-    # the findings are official-split numbers: a dataset also run under cv5 has a second row
-    p = paired[(paired["control"] == control) & (paired["dataset"] == dataset) & (paired["recipe"] == recipe)
-               & (paired["protocol"] == "official")]
+    p = paired[(paired["control"] == control) & (paired["dataset"] == dataset) & (paired["recipe"] == recipe)]
     if p.empty:
         return "—"
     r = p.iloc[0]
@@ -43,7 +42,9 @@ def _verdict(auc: float, lfl, best) -> str:
 def findings(suite: str, runs: pd.DataFrame, agg: pd.DataFrame, paired: pd.DataFrame, ref: dict, analysis: dict,
              ensembles: pd.DataFrame | None = None) -> str:
     controls = [c for c in (analysis.get("controls") or ["ce_ft", "ce"]) if c in set(runs["recipe"])]
-    off = agg[agg["protocol"] == "official"]
+    # Findings are official-split numbers: a dataset also run under cv5 has second rows, kept out here.
+    off = agg[agg["protocol"] == PRIMARY_PROTOCOL]
+    paired = paired[paired["protocol"] == PRIMARY_PROTOCOL] if not paired.empty else paired
     if off.empty or not controls:
         return ""
     head = ["dataset", "n seeds"] + [f"`{c}` test AUC" for c in controls] + \

@@ -5,8 +5,8 @@ import torch
 from bench import data as D
 from bench.config import base_config, deep_merge, expand, suites_dir
 from bench.evaluate import predict
-from bench.models import create_model
-from bench.train import fit, seed_everything, swa_start_epoch, use_bf16
+from bench.models import MODELS, create_model, model_info
+from bench.train import fit, seed_everything, swa_start_epoch, to_memory_format, use_bf16
 from tests.conftest import make_npz
 
 
@@ -109,16 +109,10 @@ def test_tta_averages_the_flipped_views(breast):
     assert np.allclose(tta, (plain + flipped) / 2) and not np.allclose(tta, plain)
 
 
-@pytest.mark.parametrize("name", [m for m in __import__("bench.models", fromlist=["MODELS"]).MODELS.names()
-                                  if m.endswith("_tiny") or m == "resnet18_28"])
+@pytest.mark.parametrize("name", [m for m in MODELS.names() if m.endswith("_tiny") or m == "resnet18_28"])
 def test_bf16_layout_never_breaks_a_registered_model(name):
     """The bf16 path (GPUs, CPUs with AVX-512 BF16) puts models in channels-last; ACS models keep
     rank-4 kernels in a 3D net, which channels_last_3d refuses, so they keep their layout."""
-    import torch
-
-    from bench.models import create_model, model_info
-    from bench.train import to_memory_format
-
     dims = model_info(name).dims
     model = to_memory_format(create_model(name, 1, 1), dims)
     x = torch.randn(2, 1, *([28] * dims))
