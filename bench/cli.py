@@ -194,18 +194,21 @@ def cell(dataset, objective, model, aug, aug_value, seed, protocol, fold, epochs
 @click.option("--gpus-per-worker", type=click.IntRange(min=0), default=None, help="dry run: GPUs of each worker")
 @click.option("--cpus-per-worker", type=click.FloatRange(min=0, min_open=True), default=None,
               help="dry run: CPUs of each worker (default: this machine's)")
+@click.option("--pilot", default=None, metavar="SUITE",
+              help="dry run: the suite whose committed runs give the SD for the power line (default: analysis.power.pilot)")
 @data_dir_opt
 @unverified_opt
 @progress_opt
 @system_metrics_opt
 @user_errors
 def suite(name, rerun, only, max_cells, dry_run, experiment, no_leaderboard, executor, address, max_concurrent,
-          checkpoints, workers, gpus_per_worker, cpus_per_worker, data_dir, allow_unverified_data, progress,
+          checkpoints, workers, gpus_per_worker, cpus_per_worker, pilot, data_dir, allow_unverified_data, progress,
           system_metrics):
     """Run the declared suite NAME (suites/NAME.yaml), resuming where it stopped."""
     from bench.driver import run_suite
 
     contradiction(dry_run and rerun, "--dry-run and --rerun contradict each other: a dry run trains nothing")
+    contradiction(pilot is not None and not dry_run, "--pilot states power in a dry run only; add --dry-run")
     for opt, value in (("--address", address), ("--max-concurrent", max_concurrent)):
         contradiction(executor == "local" and value is not None,
                       f"{opt} contradicts --executor local (it runs one cell at a time in this process); "
@@ -220,7 +223,7 @@ def suite(name, rerun, only, max_cells, dry_run, experiment, no_leaderboard, exe
                     allow_unverified=allow_unverified_data, experiment=experiment, progress=_progress(progress),
                     leaderboard=not no_leaderboard, executor=executor, address=address, max_concurrent=max_concurrent,
                     checkpoints=checkpoints, workers=workers, gpus_per_worker=gpus_per_worker,
-                    cpus_per_worker=cpus_per_worker, system_metrics=system_metrics)
+                    cpus_per_worker=cpus_per_worker, system_metrics=system_metrics, pilot=pilot)
     if dry_run:
         click.echo(out)
         return
@@ -334,8 +337,10 @@ def list_() -> None:
 @click.option("--generated-at", default=None, metavar="TEXT",
               help="timestamp to print instead of now (regenerating a committed leaderboard byte for byte)")
 @click.option("--readme", is_flag=True, help="also refresh README.md's generated block of this suite's findings")
+@click.option("--allow-mismatched-sources", is_flag=True,
+              help="flag, instead of refusing, fine-tunes paired with another source run than they started from")
 @user_errors
-def leaderboard(suite_name, out_dir, from_csv, experiment, generated_at, readme):
+def leaderboard(suite_name, out_dir, from_csv, experiment, generated_at, readme, allow_mismatched_sources):
     """Aggregate a suite's runs into leaderboard/<suite>.md (+ CSVs and charts)."""
     contradiction(bool(from_csv and experiment), "--from-csv and --experiment contradict each other: "
                   "a CSV export is not read from an MLflow experiment")
@@ -349,7 +354,7 @@ def leaderboard(suite_name, out_dir, from_csv, experiment, generated_at, readme)
     declared = load_suite(suite_name) if is_file or suite_name in available_suites() else None
     suite_name = declared.name if declared is not None else suite_name
     path = build_leaderboard(suite_name, out_dir=out_dir, from_csv=from_csv, experiment=experiment, declared=declared,
-                             generated_at=generated_at)
+                             generated_at=generated_at, allow_mismatched_sources=allow_mismatched_sources)
     click.echo(f"wrote {path}")
     if readme:
         from leaderboard.findings import GENERATED_SUFFIXES, readme_block, update_readme

@@ -25,6 +25,7 @@ from pathlib import Path
 import yaml
 
 from bench import __version__
+from bench import analysis as AN
 from bench import datasets as DS
 from bench.augment import AUGMENTATIONS, aug_name
 from bench.data import N_FOLDS, PROTOCOLS
@@ -58,6 +59,7 @@ class TrainConfig:
     ema: float  # EMA decay of weights evaluated/selected instead of the raw ones; 0 = off
     swa: float  # SWA: average the weights of the last `swa` share of epochs (0 = off; bench.train)
     tta: str  # test-time augmentation, applied identically to validation and test (bench.evaluate)
+    deterministic: bool = False  # torch deterministic algorithms (+ cuBLAS workspace on GPU; bench.train)
 
 
 @dataclass(frozen=True)
@@ -77,6 +79,10 @@ class Cell:
     init_from: str | None = None  # recipe whose finished cell initializes this one
     data_fingerprint: str = ""  # md5 of the data file (expected md5 when absent)
     size: int = DS.DEFAULT_SIZE  # image size in px (MedMNIST+ ships 28, 64, 128, 224)
+    # A two-stage cell is a function of its source cell: the source's cell id (which holds *its*
+    # source's id, recursively) and group id are part of this cell's identity (bench.config.with_source).
+    source_id: str = ""
+    source_group_id: str = ""
 
     @property
     def params_dict(self) -> dict:
@@ -86,10 +92,20 @@ class Cell:
         d = dataclasses.asdict(self)
         d["params"] = [list(p) for p in self.params]
         d["version"] = __version__
+        # Settings added after runs existed enter the id only when set, so the ids of cells that
+        # do not use them stay what they were.
+        if not self.train.deterministic:
+            d["train"].pop("deterministic")
+        d.pop("source_id"), d.pop("source_group_id")
         if self.init_from:
             # fine-tuning cells also score their init checkpoint as a candidate ("epoch 0");
             # cells that ran before that rule have different results, hence a different id
             d["selection"] = "init-and-epochs"
+            # Which checkpoint it starts from: change the source's epochs or LR and every
+            # dependent cell gets a new id (and retrains) instead of being skipped as FINISHED.
+            d["source"] = self.source_id if with_seed_fold else self.source_group_id
+            if not self.source_id:
+                raise ValueError(f"{self.run_name}: a two-stage cell needs its source's id (bench.config.with_source)")
         if not with_seed_fold:
             d.pop("seed")
             d.pop("fold")
@@ -149,6 +165,7 @@ class Suite:
     runtime: str
     doc: dict = field(repr=False, hash=False, compare=False)
     reuse: tuple = ()  # experiments whose finished identical cells this suite counts as its own
+    analysis: AN.Analysis = field(default_factory=AN.Analysis, repr=False, hash=False, compare=False)
 
     def cells(self, data_fingerprint=lambda flag, size=None: "") -> list[Cell]:
         return expand(self.doc, self.path, data_fingerprint)
@@ -233,6 +250,7 @@ def load_suite(name: str) -> Suite:
     cells = expand(doc, path, lambda flag, size=None: "")  # validates names and the grid now, not mid-run
     if not cells:
         raise ConfigError(f"{path}: the grid expands to no cells; give every axis under 'grid' at least one value")
+    analysis = check_analysis(doc, path, {c.protocol for c in cells})
     return Suite(
         name=suite_name,
         path=path,
@@ -241,7 +259,16 @@ def load_suite(name: str) -> Suite:
         runtime=str(doc.get("runtime", "")).strip(),
         doc=doc,
         reuse=tuple(_reused_experiment(doc, path, name) for name in doc.get("reuse") or []),
+        analysis=analysis,
     )
+
+
+def check_analysis(doc: dict, path: Path, protocols: set[str]) -> AN.Analysis:
+    """The validated ``analysis:`` block (bench.analysis): structure, then every name it uses."""
+    analysis = AN.parse(doc.get("analysis"), str(path))
+    AN.check_names(analysis, recipes=set(doc.get("recipes") or {}) | set(OBJECTIVES.names()), protocols=protocols,
+                   where=str(path))
+    return analysis
 
 
 def _reused_experiment(doc: dict, path: Path, name) -> str:
@@ -283,7 +310,7 @@ SCHEMA: dict = {
     "objectives": ANY,  # validated per objective against its Params
     "recipes": ANY,  # validated in resolve_recipe
     "datasets": ANY,  # validated per dataset below
-    "analysis": ANY,  # leaderboard: controls and endpoints (leaderboard.analysis)
+    "analysis": ANY,  # roles, controls and endpoints: validated by bench.analysis
     "resources": ANY,  # executor resources per cell (bench.executors.resources)
     "checkpoints": str,  # all | needed: which runs keep model.pt (bench.executors.plan)
 }
@@ -317,6 +344,7 @@ def _check(doc: dict, schema: dict, path: Path, prefix: str) -> None:
 
 def validate(doc: dict, path: Path) -> None:
     _check(doc, SCHEMA, path, "")
+    AN.parse(doc.get("analysis"), str(path))  # structure now; names once the recipes are known (load_suite)
     for flag, over in (doc.get("datasets") or {}).items():
         if flag not in DS.DATASETS:
             raise unknown("dataset", flag, DS.names(), where=f"{path}: datasets")
@@ -340,7 +368,7 @@ def validate(doc: dict, path: Path) -> None:
 # --------------------------------------------------------------------------- resolution
 
 
-def resolve_recipe(doc: dict, name: str, dataset: str, path: Path) -> ResolvedRecipe:
+def resolve_recipe(doc: dict, name: str, dataset: str, path: Path, _seen: tuple = ()) -> ResolvedRecipe:
     """A grid 'objective' entry -> objective family + hyperparameters (+ init_from)."""
     recipes = doc.get("recipes") or {}
     per_dataset = ((doc.get("datasets") or {}).get(dataset) or {}).get("recipes") or {}
@@ -357,8 +385,11 @@ def resolve_recipe(doc: dict, name: str, dataset: str, path: Path) -> ResolvedRe
                 raise ConfigError(f"{path}: datasets.{dataset}.recipes.{name} must be a mapping")
             spec = {**spec, **over, **{k: {**(spec.get(k) or {}), **(over.get(k) or {})}
                                        for k in ("params", "train") if k in over}}
+        if "family" in spec:
+            raise ConfigError(f"{path}: recipes.{name}.family: a recipe's role is declared once, in "
+                              f"analysis.families (e.g. analysis: {{families: {{dam: [{name}]}}}}); remove it here")
         _check(spec, {"objective": str, "init_from": str, "params": dict, "train": SCHEMA["train"], "description": str,
-                      "family": str, "model": str}, path, f"recipes.{name}.")
+                      "model": str, "match": dict}, path, f"recipes.{name}.")
         if "model" in spec:
             MODELS.get(spec["model"], where=f"{path}: recipes.{name}.model")
         if "objective" not in spec:
@@ -373,12 +404,50 @@ def resolve_recipe(doc: dict, name: str, dataset: str, path: Path) -> ResolvedRe
     values = dict((doc.get("objectives") or {}).get(family, {}))
     values.update(((doc.get("datasets") or {}).get(dataset, {}).get("objectives") or {}).get(family, {}) or {})
     values.update(over)
+    if name in recipes and "match" in spec:
+        values.update(_matched(doc, name, spec, cls, dict(over), init_from, train, dataset, path, _seen))
     params = cls.params(values, where=f"{path} ({name} on {dataset})")
     if init_from is not None and init_from not in OBJECTIVES and init_from not in recipes:
         raise unknown("init_from recipe", init_from, [*OBJECTIVES.names(), *recipes], where=f"{path}: recipes.{name}")
     if init_from == name:
         raise ConfigError(f"{path}: recipes.{name}.init_from cannot name the recipe itself")
     return ResolvedRecipe(name, family, tuple(sorted(dataclasses.asdict(params).items())), init_from, train, model)
+
+
+def _matched(doc: dict, name: str, spec: dict, cls, own: dict, init_from, train: tuple, dataset: str, path: Path,
+             seen: tuple) -> dict:
+    """``recipes.<name>.match: {recipe: R, params: [..] | all}``: take those hyperparameters from
+    recipe R *as resolved for this dataset* (after every override), so a control stays matched to
+    its treatment when a suite or dataset retunes the treatment. A matched control must start from
+    the same source with the same fine-tuning budget, and may not set a matched value itself."""
+    match = spec["match"]
+    where = f"{path}: recipes.{name}.match"
+    _check(match, {"recipe": str, "params": ANY}, path, f"recipes.{name}.match.")
+    if "recipe" not in match:
+        raise ConfigError(f"{where} needs 'recipe' (the treatment it is matched to)")
+    target_name = match["recipe"]
+    if target_name == name or target_name in seen:
+        raise ConfigError(f"{where}: a recipe cannot be matched to itself (cycle {' -> '.join((*seen, name, target_name))})")
+    target = resolve_recipe(doc, target_name, dataset, path, _seen=(*seen, name))
+    target_params = dict(target.params)
+    mine = {f.name for f in dataclasses.fields(cls.Params)}
+    shared = [k for k in target_params if k in mine]
+    wanted = match.get("params", "all")
+    if wanted == "all":
+        wanted = shared
+    if not isinstance(wanted, list) or not all(isinstance(k, str) for k in wanted):
+        raise ConfigError(f"{where}.params must be 'all' or a list of hyperparameter names, got {wanted!r}")
+    for k in wanted:
+        if k not in shared:
+            raise ConfigError(f"{where}.params: '{k}' is not a hyperparameter of both '{cls.name}' and "
+                              f"'{target.objective}'{did_you_mean(k, shared)}; shared: {', '.join(shared)}")
+        if k in own:
+            raise ConfigError(f"{path}: recipes.{name}.params.{k} contradicts match: the value comes from "
+                              f"'{target_name}' ({target_params[k]!r}); remove it")
+    if target.init_from != init_from or tuple(target.train) != tuple(train):
+        raise ConfigError(f"{where}: '{name}' and '{target_name}' must start from the same source (init_from) with the "
+                          f"same train overrides to be matched ({init_from!r} vs {target.init_from!r})")
+    return {k: target_params[k] for k in wanted}
 
 
 def resolve_train(doc: dict, dataset: str, path: Path, recipe_train: tuple = (), finetune: bool = False) -> TrainConfig:
@@ -498,8 +567,9 @@ def _expand_grid(doc: dict, path: Path, data_fingerprint) -> list[Cell]:
             model = _recipe_model(doc, rec, ds, path, dataset_model)
             if model_info(model).dims != dims:
                 raise ConfigError(f"{path}: model '{model}' is {model_info(model).dims}D but {ds} needs a {dims}D model")
-            cells.append(Cell(ds, rec.name, rec.objective, rec.params, model, aug, seed, proto, fold, train,
-                              rec.init_from, fp, size))
+            cell = Cell(ds, rec.name, rec.objective, rec.params, model, aug, seed, proto, fold, train,
+                        rec.init_from, fp, size)
+            cells.append(with_source(doc, path, cell) if rec.init_from else cell)
     return cells
 
 
@@ -518,10 +588,21 @@ def _fingerprint(data_fingerprint, flag: str, size: int) -> str:
     return data_fingerprint(flag) if size == DS.DEFAULT_SIZE else data_fingerprint(flag, size)
 
 
-def source_cell(doc: dict, path: Path, cell: Cell) -> Cell:
+def source_cell(doc: dict, path: Path, cell: Cell, _depth: int = 0) -> Cell:
     """The cell whose checkpoint initializes ``cell``: the ``init_from`` recipe on the same
-    dataset, model, aug, seed, protocol and fold, with *its own* train settings."""
+    dataset, model, aug, seed, protocol and fold, with *its own* train settings (and, when it is
+    itself a two-stage cell, its own source)."""
+    if _depth > 16:
+        raise ConfigError(f"{path}: init_from chain of '{cell.recipe}' is a cycle or deeper than 16 stages")
     rec = resolve_recipe(doc, cell.init_from, cell.dataset, path)
-    return dataclasses.replace(cell, recipe=rec.name, objective=rec.objective, params=rec.params,
-                               init_from=rec.init_from, model=rec.model or cell.model,
-                               train=resolve_train(doc, cell.dataset, path, rec.train, rec.init_from is not None))
+    src = dataclasses.replace(cell, recipe=rec.name, objective=rec.objective, params=rec.params,
+                              init_from=rec.init_from, model=rec.model or cell.model,
+                              train=resolve_train(doc, cell.dataset, path, rec.train, rec.init_from is not None),
+                              source_id="", source_group_id="")
+    return with_source(doc, path, src, _depth + 1) if src.init_from else src
+
+
+def with_source(doc: dict, path: Path, cell: Cell, _depth: int = 0) -> Cell:
+    """``cell`` with its source's cell and group ids filled in (recursively, through the source's own source)."""
+    src = source_cell(doc, path, cell, _depth)
+    return dataclasses.replace(cell, source_id=src.cell_id, source_group_id=src.group_id)

@@ -248,6 +248,12 @@ def load(
     return MedData(spec=spec, path=path, md5=md5, verified=verified, splits=splits)
 
 
+def eval_x_scale(voxel_scale: bool, spec) -> float:
+    """The factor evaluation inputs get: MedMNIST's shape transform scales binary masks by
+    U(0, 1) in training and by its mean, 0.5, at evaluation (``train.voxel_scale``); else 1."""
+    return 0.5 if voxel_scale and spec.shape_mask else 1.0
+
+
 def scale(x: torch.Tensor, is_3d: bool) -> torch.Tensor:
     """uint8 -> float as the paper: 2D (x/255 - 0.5)/0.5 in [-1, 1]; 3D x/255 in [0, 1]."""
     x = x.float().div_(255.0)

@@ -114,6 +114,20 @@ def dry_run(suite: Suite, cells: list[Cell], finished: dict) -> str:
     return tabulate(rows, head, tablefmt="simple") + footer
 
 
+def power_report(suite: Suite, cells: list[Cell], pilot: str | None) -> str:
+    """The dry run's power line (leaderboard.power): the primary endpoint's minimum detectable Δ."""
+    if suite.analysis.primary is None:
+        if pilot:
+            raise ConfigError(f"--pilot: suite '{suite.name}' declares no analysis.primary, so there is no endpoint "
+                              f"to state power for")
+        return ""
+    from leaderboard.power import power_line
+
+    line = power_line(suite, cells, pilot)
+    return "\n" + (line.text() if line else "power: no pilot named (analysis.power.pilot or --pilot SUITE); "
+                                            "the minimum detectable Δ is not stated")
+
+
 def experiment_description(suite: Suite) -> str:
     """The experiment's description in the MLflow UI, from the suite file."""
     return (f"**{suite.name}**: {suite.description}\n\nRuntime: {suite.runtime}\n\nSuite file: `{suite.path.name}`; "
@@ -202,7 +216,8 @@ def make_executor(executor, address, max_concurrent, dry: bool):
 
 def run_suite(name: str, *, rerun=False, only=(), max_cells=None, dry=False, data_root=None, allow_unverified=None,
               experiment=None, progress=True, leaderboard=True, executor="local", address=None, max_concurrent=None,
-              checkpoints=None, workers=None, gpus_per_worker=None, cpus_per_worker=None, system_metrics=False):
+              checkpoints=None, workers=None, gpus_per_worker=None, cpus_per_worker=None, system_metrics=False,
+              pilot=None):
     """Run (or with ``dry`` plan) suite ``name``; ``executor`` is a name in ``bench.executors.EXECUTORS``
     or an :class:`~bench.executors.Executor` (connected or not)."""
     from bench.executors.plan import build_plan, checkpoint_policy, needed_sources
@@ -235,7 +250,8 @@ def run_suite(name: str, *, rerun=False, only=(), max_cells=None, dry=False, dat
 
             plan_for, note = hold_largest_request(plan, plan_for)
         return (dry_run(suite, cells, finished) + "\n" + note
-                + plan_report(plan, tracker, suite, needed_sources(suite, all_cells), plan_for, max_concurrent))
+                + plan_report(plan, tracker, suite, needed_sources(suite, all_cells), plan_for, max_concurrent)
+                + power_report(suite, all_cells, pilot))
     if suite.doc.get("shift"):  # score each selected model on corrupted test sets after its clean test
         from bench.shift.scoring import require_backends
 

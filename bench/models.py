@@ -151,3 +151,34 @@ def model_info(name: str) -> ModelInfo:
 
 def create_model(name: str, in_channels: int, num_outputs: int) -> nn.Module:
     return MODELS.get(name)(in_channels, num_outputs)
+
+
+def memory_format(dims: int):
+    return torch.channels_last if dims == 2 else torch.channels_last_3d
+
+
+def to_memory_format(model: nn.Module, dims: int) -> nn.Module:
+    """The channels-last layout for bf16 convolutions, where the model's kernels can take it.
+
+    ACS convolutions keep 2D (rank-4) kernels inside a 3D network, and torch refuses to put a
+    rank-4 tensor in ``channels_last_3d``: such a model keeps its default layout (inputs are
+    still channels-last; the convolution converts as needed).
+    """
+    ranks = {p.dim() for p in model.parameters() if p.dim() >= 4}
+    return model.to(memory_format=memory_format(dims)) if ranks <= {dims + 2} else model
+
+
+def load_model(name: str, in_channels: int, num_outputs: int, *, dims: int, device, bf16: bool,
+               state: dict | None = None) -> nn.Module:
+    """The one way a network is made ready to train or score: build it, load ``state`` (a plain
+    state_dict), move it to ``device`` and, under bf16, give it the layout its kernels take.
+
+    Training (the fresh or initialized model and the selected one), post-hoc shift scoring and
+    anything else that loads a checkpoint call this, so a layout or precision fix lands everywhere
+    at once. ``bf16`` is the run's *recorded* precision when re-scoring a finished run.
+    """
+    model = create_model(name, in_channels, num_outputs)
+    if state is not None:
+        model.load_state_dict(state)
+    model = model.to(device)
+    return to_memory_format(model, dims) if bf16 else model

@@ -579,3 +579,136 @@ class CompositionalAUC(Objective):
 
 def get_objective(name: str, where: str = "") -> type[Objective]:
     return OBJECTIVES.get(name, where)
+
+
+# ----------------------------------------------------------------------------- matched controls
+#
+# The DAM recipes differ from CE fine-tuning (``ce_ft``: Adam on shuffled batches) in three
+# things at once: the batches (DualSampler oversamples the minority class, and its "epoch" has
+# its own number of steps), the optimizer (PESG / PDSCA with epoch_decay and gradient clipping)
+# and the loss. Each control below changes one thing less than the DAM recipe, so the paired
+# differences of a chain ce_ft -> ce_dual -> ce_pesg -> aucm split DAM - ce_ft into a sampler,
+# an optimizer and a loss effect (bench.analysis). A suite matches a control's hyperparameters to
+# its treatment with ``recipes.<name>.match`` (bench.config), never by copying numbers by hand.
+
+
+def _bce(logits, y, idx, task):
+    return F.binary_cross_entropy_with_logits(logits, y.float())
+
+
+def _quiet(factory):
+    """LibAUC's optimizers print when built without an AUC loss ('AUCMLoss is not found!');
+    the library has no switch for it, and a suite's log should not carry it for every cell."""
+    import contextlib
+    import io
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        return factory()
+
+
+@OBJECTIVES.register("ce_dual")
+class CrossEntropyDualSampler(Objective):
+    r"""Sampler-matched control: CE with Adam on DualSampler batches.
+
+    .. math:: \min_w -\frac1{|B|}\sum_{i\in B} y_i\log\sigma(h_w(x_i)) + (1-y_i)\log(1-\sigma(h_w(x_i)))
+
+    where every batch :math:`B` holds ``sampling_rate`` positives (LibAUC's DualSampler, the
+    sampler of the DAM recipes). Everything else is ``ce``: Adam, the LR schedule, the loss.
+    With the DAM recipe's ``sampling_rate`` and batch size, an epoch has exactly its number of
+    optimizer steps, so ``ce_dual − ce`` is the effect of the batches alone.
+
+    Args (``objectives.ce_dual``): lr, weight_decay, decay_epochs, decay_factor (as ``ce``);
+        sampling_rate: share of positives per batch (match it to the DAM recipe's).
+
+    Practical tips: match ``sampling_rate`` with ``recipes.<name>.match: {recipe: <dam>,
+    params: [sampling_rate]}`` and keep the Adam LR of ``ce_ft``.
+
+    Reference: the sampler of Yuan et al., ICCV 2021 (LibAUC ``DualSampler``).
+    """
+
+    name = "ce_dual"
+    Params = SampledParams
+
+    @classmethod
+    def build(cls, model, p, ctx):
+        opt = torch.optim.Adam(model.parameters(), lr=p.lr, weight_decay=p.weight_decay)
+        return Recipe(_bce, opt, sampler_batches(ctx, p.sampling_rate), lr_decay(opt, ctx.epochs, p, False))
+
+
+@OBJECTIVES.register("ce_pesg")
+class CrossEntropyPESG(Objective):
+    r"""Optimizer-matched control of ``aucm``: CE optimized by PESG on DualSampler batches.
+
+    PESG's primal step on the network weights,
+
+    .. math:: w \leftarrow w - \eta\,\big(\mathrm{clip}(\nabla_w L) + \lambda_0 (w - w_{ref}) + \lambda w\big)
+              \text{ (with momentum)},
+
+    applied to the CE loss :math:`L` instead of AUCM: the same step size, ``epoch_decay``
+    :math:`\lambda_0` (with the reference re-anchored at every LR decay through
+    ``update_regularizer``), weight decay, momentum and clipping as the ``aucm`` recipe. So
+    ``aucm − ce_pesg`` is the effect of the AUC loss alone. (PESG's dual variable and a, b belong
+    to the AUC loss; without it there are none.)
+
+    Args (``objectives.ce_pesg``): lr, epoch_decay, weight_decay, momentum, sampling_rate,
+        decay_epochs, decay_factor -- match them all to the ``aucm`` recipe (``match: all``).
+
+    Reference: Yuan et al., "Large-scale Robust Deep AUC Maximization", ICCV 2021 (PESG).
+    """
+
+    name = "ce_pesg"
+
+    @dataclass(frozen=True)
+    class Params(SampledParams):
+        epoch_decay: float
+        momentum: float
+
+    multilabel = "a matched control for the binary DAM recipes only"
+
+    @classmethod
+    def build(cls, model, p, ctx):
+        from libauc.optimizers import PESG
+
+        opt = _quiet(lambda: PESG(model.parameters(), loss_fn=None, lr=p.lr, epoch_decay=p.epoch_decay,
+                                  weight_decay=p.weight_decay, momentum=p.momentum, verbose=False, device=ctx.device))
+        return Recipe(_bce, opt, sampler_batches(ctx, p.sampling_rate), lr_decay(opt, ctx.epochs, p, True))
+
+
+@OBJECTIVES.register("ce_pdsca")
+class CrossEntropyPDSCA(Objective):
+    r"""Optimizer-matched control of ``compauc``: every step is PDSCA's CE branch.
+
+    ``compauc`` alternates ``k`` CE steps (PDSCA's inner update: step size ``lr0`` = lr, then
+    the weights' moving average with ``beta1``) with ``k`` AUC steps. Here every step is the CE
+    step, with the same LR, ``epoch_decay``, weight decay, ``beta1``, schedule and batches, so
+    ``compauc − ce_pdsca`` is what the AUC steps add.
+
+    Args (``objectives.ce_pdsca``): lr, beta1, epoch_decay, weight_decay, sampling_rate,
+        decay_epochs, decay_factor -- match them to the ``compauc`` recipe.
+
+    Tips: PDSCA picks the CE branch iff its loss's ``alpha.grad is None``; the CE loss never
+    gives alpha a gradient, so every step takes it (see :class:`CompositionalAUC`).
+
+    Reference: Yuan et al., "Compositional Training for End-to-End Deep AUC Maximization", ICLR 2022.
+    """
+
+    name = "ce_pdsca"
+    multilabel = "a matched control for the binary DAM recipes only"
+
+    @dataclass(frozen=True)
+    class Params(SampledParams):
+        beta1: float
+        epoch_decay: float
+
+    @classmethod
+    def build(cls, model, p, ctx):
+        from libauc.losses import CompositionalAUCLoss
+        from libauc.optimizers import PDSCA
+
+        # PDSCA reads a, b and alpha from an AUC loss object; it is built only to carry them
+        # (alpha never gets a gradient, so every step takes the CE branch).
+        holder = CompositionalAUCLoss(device=ctx.device)
+        opt = PDSCA(model.parameters(), loss_fn=holder, lr=p.lr, beta1=p.beta1, beta2=0.0, epoch_decay=p.epoch_decay,
+                    weight_decay=p.weight_decay, verbose=False, device=ctx.device)
+        return Recipe(_bce, opt, sampler_batches(ctx, p.sampling_rate),
+                      lr_decay(opt, ctx.epochs, p, True, inner_lr=True))

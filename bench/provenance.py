@@ -3,8 +3,8 @@
 Why a digest and not the package version or the commit alone: the version is never bumped,
 and a commit says nothing about uncommitted edits or about plugin modules outside the
 repository. ``code_digest()`` hashes the *abstract syntax tree* of every module that decides a
-number (data, augmentation, models, objectives, training, scoring, and any loaded plugin
-module), with docstrings removed. Comments and docstrings therefore never change it; any change
+number (data, augmentation, models, objectives, training, scoring, seed ensembles, every module
+and data file of ``bench.shift``, and any loaded plugin module), with docstrings removed. Comments and docstrings therefore never change it; any change
 of code does.
 
 Decision: the digest does **not** enter the cell id. The id names *what* is computed (resolved
@@ -20,6 +20,7 @@ import ast
 import functools
 import hashlib
 import importlib
+import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -37,7 +38,13 @@ NUMERIC_MODULES = (
     "bench.train",
     "bench.evaluate",
     "bench.runner",
+    "bench.ensemble",  # seed ensembles: their averaging and thresholds are numbers of their own
 )
+# Packages whose every module and data file decides numbers: shift builds the corrupted test sets
+# and the corruptions that ``aug: medmnistc`` trains with.
+NUMERIC_PACKAGES = ("bench.shift",)
+# The libraries whose versions a run records (``bench_versions``): each can move a number.
+VERSIONED = ("torch", "libauc", "numpy", "mlflow", "medmnist", "scikit-learn", "torchio", "medmnistc")
 _extra_modules: list[str] = []  # plugin modules registered at run time (bench.plugins)
 
 
@@ -64,9 +71,16 @@ def _data_files(module) -> list[Path]:
     return [Path(module.__file__).with_name(f) for f in getattr(module, "DIGEST_FILES", ())]
 
 
+def _package_files(package: str) -> list[Path]:
+    """Every .py and .yaml file of a package, found without importing it (optional extras)."""
+    spec = importlib.util.find_spec(package)
+    root = Path(next(iter(spec.submodule_search_locations)))
+    return sorted(p for p in root.iterdir() if p.suffix in (".py", ".yaml"))
+
+
 @functools.lru_cache(maxsize=1)
 def code_digest() -> str:
-    """Short sha256 over the numeric modules (and plugins), in a fixed order."""
+    """Short sha256 over the numeric modules, packages (and plugins), in a fixed order."""
     h = hashlib.sha256()
     for name in (*NUMERIC_MODULES, *sorted(_extra_modules)):
         module = sys.modules.get(name) or importlib.import_module(name)
@@ -74,7 +88,26 @@ def code_digest() -> str:
         h.update(_normalized_source(Path(module.__file__)).encode())
         for f in _data_files(module):
             h.update(f.read_bytes())
+    for package in NUMERIC_PACKAGES:
+        for f in _package_files(package):
+            h.update(f"{package}/{f.name}".encode())
+            h.update(_normalized_source(f).encode() if f.suffix == ".py" else f.read_bytes())
     return h.hexdigest()[:12]
+
+
+@functools.lru_cache(maxsize=1)
+def versions() -> str:
+    """``torch=2.14.1 libauc=2.0.1 ...`` of the installed libraries that can change a number
+    (``-`` for one not installed): runs record it, and the leaderboard flags a group that mixes."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = []
+    for dist in VERSIONED:
+        try:
+            out.append(f"{dist}={version(dist)}")
+        except PackageNotFoundError:
+            out.append(f"{dist}=-")
+    return " ".join(out)
 
 
 @functools.lru_cache(maxsize=1)
@@ -102,4 +135,4 @@ def run_tags() -> dict:
     """Tags every run carries to say which code produced it."""
     sha, dirty = git_state()
     return {"bench_code_digest": code_digest(), "bench_git_commit": git_commit(),
-            "bench_git_dirty": str(bool(dirty)).lower()}
+            "bench_git_dirty": str(bool(dirty)).lower(), "bench_versions": versions()}

@@ -21,6 +21,7 @@ from bench.train import fit, select_device
 
 log = logging.getLogger(__name__)
 CHECKPOINT = "model.pt"
+UNGATED_SCORES = "ungated_test_scores.csv"  # same layout as the medmnist test prediction file
 
 
 @dataclass(frozen=True)
@@ -109,13 +110,16 @@ def execute(cell: Cell, run, *, data_root=None, allow_unverified=None, init_stat
 
     result = fit(cell, proto, spec, sampler, pos, device=device, init_state=init_state, on_epoch=on_epoch,
                  progress=progress)
-    bs, x_scale = cell.train.eval_batch_size, (0.5 if cell.train.voxel_scale and spec.shape_mask else 1.0)
+    bs, x_scale = cell.train.eval_batch_size, D.eval_x_scale(cell.train.voxel_scale, spec)
     y_val = proto.val.y.numpy().astype(int)
     y_test = proto.test.y.numpy().astype(int)
+
+    def test_scores(model):
+        return to_label1(predict(model, proto.test, spec.is_3d, bs, device, result.bf16, x_scale, cell.train.tta), sampler)
+
     p1_val = to_label1(result.val_scores, sampler)  # scored during training, by the selected weights
     # The one and only look at the test split, with the selected weights (and the declared TTA).
-    p1_test = to_label1(predict(result.model, proto.test, spec.is_3d, bs, device, result.bf16, x_scale,
-                                cell.train.tta), sampler)
+    p1_test = test_scores(result.model)
     val, test, thresholds = score_val_test(y_val, p1_val, y_test, p1_test, pos)
 
     final = {f"val_{k}": v for k, v in val.items()}
@@ -127,7 +131,24 @@ def execute(cell: Cell, run, *, data_root=None, allow_unverified=None, init_stat
         "train_samples_per_s": result.train_samples / max(result.train_seconds, 1e-9),
         "threshold_acc": float(np.mean(thresholds["acc"])),
         "threshold_f1": float(np.mean(thresholds["f1"])),
+        "optimizer_steps": result.optimizer_steps,
+        "steps_per_epoch": result.optimizer_steps / max(1, sum(r["epoch"] > 0 for r in result.history)),
     })
+    if cell.init_from:
+        # The gate, reported: did validation keep the starting checkpoint (epoch 0)? And the
+        # "ungated" candidate -- the best fine-tuned epoch (>= 1) on validation -- which is the
+        # selected model itself unless the gate closed. Both candidates are fixed by validation
+        # before any test score exists; each is scored on test once (findings report both).
+        final["gate_kept_init"] = float(result.gated)
+        if result.gated:
+            u = result.ungated
+            p1_ungated = test_scores(u.model)
+            u_val, u_test, _ = score_val_test(y_val, to_label1(u.val_scores, sampler), y_test, p1_ungated, pos)
+            final.update({"ungated_best_epoch": u.epoch, "ungated_val_auc": u_val["auc"],
+                          "ungated_test_auc": u_test["auc"], "ungated_test_auprc": u_test["auprc"]})
+        else:
+            final.update({"ungated_best_epoch": result.best_epoch, "ungated_val_auc": val["auc"],
+                          "ungated_test_auc": test["auc"], "ungated_test_auprc": test["auprc"]})
     # Final values go one step past the last epoch so that MLflow's "latest" value of
     # val_auc (what search_runs and the UI table show) is the *selected* model's.
     run.metrics(final, step=len(result.history) + 1)
@@ -146,6 +167,8 @@ def execute(cell: Cell, run, *, data_root=None, allow_unverified=None, init_stat
         pd.DataFrame(p1_test).to_csv(out / fname, header=False)
         pd.DataFrame(p1_val).to_csv(out / fname.replace("_test_", "_val_", 1).replace(
             f"[AUC]{test['auc']:.3f}_[ACC]{test['acc']:.3f}", f"[AUC]{val['auc']:.3f}_[ACC]{val['acc']:.3f}"), header=False)
+        if cell.init_from and result.gated:  # the ungated candidate's test scores (hierarchical bootstrap)
+            pd.DataFrame(p1_ungated).to_csv(out / UNGATED_SCORES, header=False)
         _roc_png(y_test, p1_test, f"{cell.run_name}\ntest AUC {test['auc']:.4f}", out / "roc_test.png")
         if save_checkpoint:
             torch.save({k: v.detach().cpu() for k, v in result.model.state_dict().items()}, out / CHECKPOINT)

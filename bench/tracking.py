@@ -430,3 +430,22 @@ def log_files(run_id: str, files: list, artifact_path: str) -> None:
     client = MlflowClient(tracking_uri())
     for f in files:
         client.log_artifact(run_id, str(f), artifact_path)
+
+
+def run_csv(run_id: str, prefixes: tuple[str, ...]) -> dict[str, "object"]:
+    """The run's top-level CSV artifacts whose names start with one of ``prefixes``, read as
+    pandas frames (header-less, index first: the medmnist prediction-file layout)."""
+    import tempfile
+
+    import pandas as pd
+
+    client = MlflowClient(tracking_uri())
+    out = {}
+    with tempfile.TemporaryDirectory(prefix="bench-scores-") as tmp:
+        for f in client.list_artifacts(run_id):
+            name = Path(f.path).name
+            if f.is_dir or not name.endswith(".csv") or not name.startswith(prefixes):
+                continue
+            path = client.download_artifacts(run_id, f.path, tmp)
+            out[name] = pd.read_csv(path, header=None, index_col=0)
+    return out

@@ -28,10 +28,10 @@ from tqdm.auto import tqdm
 
 from bench.augment import AUGMENTATIONS
 from bench.config import Cell
-from bench.data import DatasetSpec, Protocol, scale
+from bench.data import DatasetSpec, Protocol, eval_x_scale, scale
 from bench.errors import TrainingDiverged
 from bench.evaluate import auc, auprc, autocast, predict, to_label1
-from bench.models import create_model
+from bench.models import load_model, memory_format, to_memory_format  # noqa: F401  (layout helpers live in models)
 from bench.objectives import TrainContext, get_objective
 
 log = logging.getLogger(__name__)
@@ -43,6 +43,19 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
     if torch.cuda.is_available():
         torch.cuda.manual_seed_all(seed)
+
+
+def set_deterministic(on: bool) -> None:
+    """``train.deterministic``: torch's deterministic algorithms (an op without one raises, naming
+    itself), cuDNN without autotuning, and the cuBLAS workspace setting CUDA >= 10.2 needs for
+    reproducible GEMMs. Off restores torch's defaults, so one process can run both kinds of cell."""
+    import os
+
+    if on:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(on)
+    torch.backends.cudnn.deterministic = on
+    torch.backends.cudnn.benchmark = False
 
 
 def select_device() -> torch.device:
@@ -79,6 +92,16 @@ def use_bf16(precision: str, device: torch.device, dims: int = 2) -> bool:
 
 
 @dataclass
+class Candidate:
+    """A model chosen on validation: its epoch, validation AUC and validation scores."""
+
+    model: torch.nn.Module
+    epoch: int
+    val_auc: float
+    val_scores: np.ndarray
+
+
+@dataclass
 class FitResult:
     model: torch.nn.Module  # holds the selected (best validation AUC) weights
     best_epoch: int
@@ -89,6 +112,15 @@ class FitResult:
     train_samples: int = 0
     bf16: bool = False
     stopped_early: bool = False
+    optimizer_steps: int = 0
+    # Fine-tuning only, and only when validation kept the starting checkpoint (best_epoch 0, "the
+    # gate"): the best fine-tuned epoch (>= 1) on validation, the "ungated" candidate. Both
+    # candidates are fixed by validation alone; the runner scores each on test once.
+    ungated: Candidate | None = None
+
+    @property
+    def gated(self) -> bool:
+        return self.ungated is not None
 
 
 def train_targets(y: torch.Tensor, sampler_label: int) -> torch.Tensor:
@@ -123,21 +155,6 @@ def recompute_bn(net: torch.nn.Module, batches, device: torch.device, bf16: bool
     net.train(was_training)
 
 
-def memory_format(dims: int):
-    return torch.channels_last if dims == 2 else torch.channels_last_3d
-
-
-def to_memory_format(model: torch.nn.Module, dims: int) -> torch.nn.Module:
-    """The channels-last layout for bf16 convolutions, where the model's kernels can take it.
-
-    ACS convolutions keep 2D (rank-4) kernels inside a 3D network, and torch refuses to put a
-    rank-4 tensor in ``channels_last_3d``: such a model keeps its default layout (inputs are
-    still channels-last; the convolution converts as needed).
-    """
-    ranks = {p.dim() for p in model.parameters() if p.dim() >= 4}
-    return model.to(memory_format=memory_format(dims)) if ranks <= {dims + 2} else model
-
-
 def fit(
     cell: Cell,
     proto: Protocol,
@@ -162,13 +179,10 @@ def fit(
     device = device or select_device()
     positive_label = sampler_label if positive_label is None else positive_label
     bf16 = use_bf16(cfg.precision, device, spec.dims)
+    set_deterministic(cfg.deterministic)
     seed_everything(cell.seed)
-    model = create_model(cell.model, spec.n_channels, spec.n_labels)
-    if init_state is not None:
-        model.load_state_dict(init_state)
-    model = model.to(device)
-    if bf16:
-        model = to_memory_format(model, spec.dims)
+    build = dict(dims=spec.dims, device=device, bf16=bf16)
+    model = load_model(cell.model, spec.n_channels, spec.n_labels, state=init_state, **build)
 
     objective = get_objective(cell.objective)
     objective.check_task(spec.task == "multilabel")
@@ -192,16 +206,22 @@ def fit(
     voxel_scale = cfg.voxel_scale and spec.shape_mask
     y_val = proto.val.y.numpy().astype(int)
     best_auc, best_epoch, best_state, bad_epochs, best_scores = -math.inf, 0, None, 0, None
-    history, samples, t_train = [], 0, 0.0
+    # the best fine-tuned epoch (>= 1) of a fine-tuning cell: its "ungated" candidate
+    u_auc, u_epoch, u_state, u_scores = -math.inf, 0, None, None
+    history, samples, t_train, steps = [], 0, 0.0, 0
     stopped = False
-    x_scale = 0.5 if voxel_scale else 1.0
+    x_scale = eval_x_scale(cfg.voxel_scale, spec)
 
     def consider(epoch: int, net, record: dict, s_val: np.ndarray) -> bool:
         """Keep the state if it is the best on validation so far; True if it is."""
-        nonlocal best_auc, best_epoch, best_state, best_scores
+        nonlocal best_auc, best_epoch, best_state, best_scores, u_auc, u_epoch, u_state, u_scores
+        state = None
+        if init_state is not None and epoch >= 1 and record["val_auc"] > u_auc:
+            state = copy.deepcopy((net.module if isinstance(net, AveragedModel) else net).state_dict())
+            u_auc, u_epoch, u_state, u_scores = record["val_auc"], epoch, state, s_val
         if record["val_auc"] > best_auc:
             best_auc, best_epoch, best_scores = record["val_auc"], epoch, s_val
-            best_state = copy.deepcopy((net.module if isinstance(net, AveragedModel) else net).state_dict())
+            best_state = state or copy.deepcopy((net.module if isinstance(net, AveragedModel) else net).state_dict())
             return True
         return False
 
@@ -264,6 +284,7 @@ def fit(
             recipe.zero_grad()
             loss.backward()
             recipe.optimizer.step()
+            steps += 1
             if cfg.ema > 0:
                 averaged.update_parameters(model)
             step_losses.append(loss.detach().reshape(()))  # LibAUC losses may be shaped (1,)
@@ -300,9 +321,9 @@ def fit(
                 log.info("%s: early stop at epoch %d (best val AUC %.4f at %d)", cell.run_name, epoch, best_auc, best_epoch)
                 break
     bar.close()
-    final = create_model(cell.model, spec.n_channels, spec.n_labels)
-    final.load_state_dict(best_state)
-    final = final.to(device)
-    if bf16:
-        final = to_memory_format(final, spec.dims)
-    return FitResult(final, best_epoch, best_auc, best_scores, history, t_train, samples, bf16, stopped)
+    final = load_model(cell.model, spec.n_channels, spec.n_labels, state=best_state, **build)
+    ungated = None
+    if best_epoch == 0 and u_state is not None:
+        ungated = Candidate(load_model(cell.model, spec.n_channels, spec.n_labels, state=u_state, **build),
+                            u_epoch, u_auc, u_scores)
+    return FitResult(final, best_epoch, best_auc, best_scores, history, t_train, samples, bf16, stopped, steps, ungated)

@@ -13,13 +13,39 @@ log = logging.getLogger(__name__)
 DEFAULT_OUT = Path(__file__).resolve().parent
 
 
-def analysis_of(declared) -> dict:
-    """The suite's ``analysis:`` block (controls, primary endpoint, targets, search families)."""
-    return dict((declared.doc.get("analysis") or {}) if declared is not None else {})
+def analysis_of(declared):
+    """The suite's validated ``analysis:`` (bench.analysis); without a declared suite, the
+    defaults of ``suites/_base.yaml`` (who is DAM, the decompositions) and no findings."""
+    from bench import analysis as AN
+
+    if declared is None:
+        from bench.config import base_config
+
+        base = AN.parse(base_config().get("analysis"))
+        return base.model_copy(update={"controls": []})
+    return getattr(declared, "analysis", None) or AN.parse(declared.doc.get("analysis"))
+
+
+def check_sources(runs, allow_mismatched: bool):
+    """Refuse (or, when allowed, flag) fine-tunes paired with another CE run than the one they started from."""
+    sources = A.source_check(runs)
+    bad = sources[sources["status"] == "mismatch"]
+    if len(bad) and not allow_mismatched:
+        from bench.errors import BenchError
+
+        pairs = "; ".join(f"{r.recipe} seed {r.seed} (run {r.run_id[:8]}) started from run {r.recorded[:8]}, "
+                          f"not {r.paired_with[:8]}" for r in bad.head(3).itertuples())
+        raise BenchError(f"{len(bad)} fine-tune run(s) would be paired with a source run they did not start from: "
+                         f"{pairs}{' ...' if len(bad) > 3 else ''}; rerun them (`bench suite NAME` does, their ids "
+                         f"changed) or pass --allow-mismatched-sources to flag them")
+    if len(bad):
+        log.warning("%d fine-tune run(s) paired with another source run than they started from (flagged)", len(bad))
+    return sources
 
 
 def build_leaderboard(suite: str, *, out_dir=None, from_csv=None, experiment=None, parent_run_id=None,
-                      generated_at: str | None = None, charts: bool = True, declared=None) -> Path:
+                      generated_at: str | None = None, charts: bool = True, declared=None,
+                      allow_mismatched_sources: bool = False) -> Path:
     """``declared``: the loaded ``bench.config.Suite``; its cells (also those it reuses from
     other suites' experiments) define the table. Without it, the runs tagged with the suite.
     ``charts=False`` skips drawing the PNGs (the markdown still links them)."""
@@ -36,12 +62,24 @@ def build_leaderboard(suite: str, *, out_dir=None, from_csv=None, experiment=Non
 
         raise BenchError(f"suite '{suite}': no runs with results to aggregate (only not-applicable cells?)")
     analysis = analysis_of(declared)
-    controls = tuple(analysis.get("controls") or A.DEFAULT_CONTROLS)
-    declared_primary = analysis.get("primary") or {}
-    primary = declared_primary.get("control")
+    sources = check_sources(runs, allow_mismatched_sources)
+    controls = tuple(analysis.controls or A.DEFAULT_CONTROLS)
+    declared_primary = analysis.primary
+    primary = declared_primary.control if declared_primary else None
+    protocol = declared_primary.protocol if declared_primary else A.PRIMARY_PROTOCOL
     agg = A.aggregate(runs)
-    paired = A.paired(runs, controls=controls, primary=primary,
-                      primary_protocol=declared_primary.get("protocol", A.PRIMARY_PROTOCOL))
+    paired = A.paired(runs, controls=controls, primary=primary, primary_protocol=protocol, dam=analysis.dam)
+    scores = labels = None
+    scores_csv = Path(str(from_csv)[: -len("-runs.csv")] + "-test-scores.csv") if from_csv else out / f"{suite}-test-scores.csv"
+    if declared_primary is not None and not from_csv:
+        try:
+            collect.scores_frame(export, protocol).to_csv(scores_csv, index=False)
+        except Exception as exc:  # scores only widen one interval: never fail the leaderboard for them
+            log.warning("test scores not exported (%s): the hierarchical CI is n/a", str(exc).splitlines()[0])
+    if declared_primary is not None and scores_csv.is_file():
+        import pandas as pd
+
+        scores, labels = collect.read_scores(pd.read_csv(scores_csv), declared_primary.selection)
     generated_at = generated_at or dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     ref = render.load_reference()
 
@@ -59,17 +97,18 @@ def build_leaderboard(suite: str, *, out_dir=None, from_csv=None, experiment=Non
             S.severity_chart(runs, dataset, out / name)
 
     extra = []
-    record = selection.search_record(runs, analysis.get("select")) if analysis.get("select") else None
+    record = selection.search_record(runs, analysis.select_families(), analysis.select.rule) if analysis.select else None
     if record is not None:
         extra += ["", "## Search record (selection on validation AUC, applied in code)", "", record]
         (out / f"{suite}-selection.md").write_text(record + "\n")
-    found = findings.findings(suite, runs, agg, paired, ref, analysis, collect.ensembles(export)) if analysis else ""
+    found = findings.findings(suite, runs, agg, analysis, ref, collect.ensembles(export), scores, labels,
+                              sources) if analysis.has_findings() else ""
     if found:
         extra += ["", found]
         (out / f"{suite}-findings.md").write_text(found + "\n")
     # the primary endpoint is declared on test AUC: no row of a secondary metric carries its mark
-    secondary = [A.paired(runs, metric=m, controls=controls).assign(metric=m)
-                 for m in analysis.get("secondary_metrics") or []]
+    secondary = [A.paired(runs, metric=m, controls=controls, dam=analysis.dam).assign(metric=m)
+                 for m in analysis.secondary_metrics]
     md = render.markdown(suite, runs, agg, paired, generated_at, chart_files, collect.ensembles(export), shift, extra,
                          secondary)
     md_path = out / f"{suite}.md"

@@ -17,8 +17,12 @@ KEEP_PARAMS = ("dataset", "size", "recipe", "objective", "model", "aug", "seed",
                "batch_size", "init_from", "precision", "ema", "swa", "tta", "seeds")
 KEEP_TAGS = ("bench_cell_id", "bench_group_id", "bench_suite", "bench_status", "bench_git_commit", "bench_git_dirty",
              "bench_code_digest", "data_md5", "data_verified", "positive_label", "sampler_label", "precision",
-             "bench_version", "bench_role", "bench_members", "shift_status")
-KEEP_METRICS = tuple(f"{s}_{m}" for s in ("val", "test") for m in METRIC_NAMES) + ("best_epoch", "train_seconds")
+             "bench_version", "bench_role", "bench_members", "shift_status", "bench_init_run_id",
+             "bench_torch_threads", "bench_versions")
+# gate_kept_init and ungated_*: the fine-tune's two validation-chosen candidates (bench.runner)
+KEEP_METRICS = tuple(f"{s}_{m}" for s in ("val", "test") for m in METRIC_NAMES) + (
+    "best_epoch", "train_seconds", "gate_kept_init", "ungated_best_epoch", "ungated_val_auc", "ungated_test_auc",
+    "ungated_test_auprc", "optimizer_steps", "steps_per_epoch")
 ENSEMBLE_METRICS = ("test_auc_lo", "test_auc_hi", "n_models")
 SHIFT_PREFIX = "metrics.shift_"  # per-corruption names are dynamic (bench.shift.metrics)
 
@@ -121,6 +125,10 @@ def _aug(s: pd.Series) -> pd.Series:
     return s.str.lower().map({"true": "on", "false": "off"}).fillna(s)
 
 
+def _text(s: pd.Series) -> pd.Series:
+    return s.fillna("").astype(str).replace("nan", "")
+
+
 def _col(df: pd.DataFrame, name: str, default="") -> pd.Series:
     return df[name] if name in df.columns else pd.Series(default, index=df.index)
 
@@ -178,10 +186,65 @@ def tidy(export: pd.DataFrame) -> pd.DataFrame:
         "code": _col(df, "tags.bench_code_digest").fillna("").astype(str).replace("nan", ""),
         "commit": commit.str.replace("-dirty", "", regex=False),
         "dirty": _bool(_col(df, "tags.bench_git_dirty", "false")) | commit.str.endswith("-dirty"),
+        # what else moves a number: libraries, CPU threads, precision ("" = not recorded: older runs)
+        "versions": _text(_col(df, "tags.bench_versions")),
+        "threads": _text(_col(df, "tags.bench_torch_threads")).str.replace(r"\.0$", "", regex=True),
+        "precision": _text(_col(df, "tags.precision")),
+        "init_run_id": _text(_col(df, "tags.bench_init_run_id")),
     })
     # all metric columns at once: one insert per column fragments the frame (pandas warns, per column)
-    metrics = {m: pd.to_numeric(df[f"metrics.{m}"], errors="coerce") for m in KEEP_METRICS}
+    metrics = {m: pd.to_numeric(_col(df, f"metrics.{m}", np.nan), errors="coerce") for m in KEEP_METRICS}
     metrics.update({c[len("metrics."):]: pd.to_numeric(df[c], errors="coerce")
                     for c in sorted(c for c in df.columns if c.startswith(SHIFT_PREFIX))})
     out = pd.concat([out, pd.DataFrame(metrics, index=df.index)], axis=1)
+    # A one-stage run has one candidate: its ungated numbers are its numbers. A fine-tune that
+    # predates ungated scoring keeps NaN there (reported as not recorded, never filled in).
+    one_stage = out["init_from"] == ""
+    for m in ("test_auc", "test_auprc"):
+        out.loc[one_stage, f"ungated_{m}"] = out.loc[one_stage, m]
+    out["gated"] = np.where(one_stage, np.nan, (out["best_epoch"] == 0).astype(float))
     return out.sort_values(["dataset", "recipe", "aug", "protocol", "seed", "fold"]).reset_index(drop=True)
+
+
+# --------------------------------------------------------------------------- test scores
+# The primary endpoint's hierarchical bootstrap resamples test images, so it needs each run's
+# per-image test scores. They ship beside the run export as ``<suite>-test-scores.csv`` (one row
+# per run and candidate, plus one row of test labels per dataset), so a leaderboard rebuilt from
+# the CSVs computes the same interval without the tracking store or the data files.
+
+def scores_frame(export: pd.DataFrame, protocol: str = "official") -> pd.DataFrame:
+    """Download the test scores of the export's cell runs on ``protocol`` (binary datasets)."""
+    from bench import data as D
+    from bench.runner import UNGATED_SCORES
+    from bench.tracking import run_csv
+
+    rows, labelled = [], set()
+    runs = export[~_is_ensemble(export) & (export["params.protocol"].astype(str) == protocol)]
+    for r in runs.itertuples():
+        dataset = str(runs.at[r.Index, "params.dataset"])
+        files = run_csv(r.run_id, (f"{dataset}_test_", UNGATED_SCORES))
+        for name, frame in files.items():
+            if frame.shape[1] != 1:  # multi-label: no single AUC to resample
+                continue
+            key = f"{r.run_id}:ungated" if name == UNGATED_SCORES else r.run_id
+            rows.append({"key": key, "dataset": dataset, "scores": " ".join(f"{x:.6g}" for x in frame.iloc[:, 0])})
+        if dataset not in labelled and files:
+            y = D.load(dataset).splits["test"].y.numpy()[:, 0]
+            rows.append({"key": f"labels:{dataset}", "dataset": dataset, "scores": " ".join(map(str, y.tolist()))})
+            labelled.add(dataset)
+    return pd.DataFrame(rows, columns=["key", "dataset", "scores"])
+
+
+def read_scores(frame: pd.DataFrame, selection: str = "gated") -> tuple[dict, dict]:
+    """(run id -> test scores of the ``selection`` candidate, dataset -> test labels)."""
+    scores, labels = {}, {}
+    for r in frame.itertuples():
+        values = np.array(str(r.scores).split(), dtype=float)
+        if r.key.startswith("labels:"):
+            labels[r.dataset] = values.astype(int)
+        elif r.key.endswith(":ungated"):
+            if selection == "ungated":
+                scores[r.key[: -len(":ungated")]] = values
+        else:
+            scores.setdefault(r.key, values)
+    return scores, labels

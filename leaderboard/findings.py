@@ -1,9 +1,12 @@
 """The findings table, generated from the runs (never typed), and README's copy of it.
 
-A suite with an ``analysis:`` block gets a "Findings" section: per dataset the controls, its
-DAM recipe, the paired differences against each control, and the best single recipe against
-the paper's like-for-like row and the best row of the paper table; then the primary endpoint,
-stated with its n, spread and p. ``leaderboard/<suite>-findings.md`` holds the same text, and
+A suite whose ``analysis:`` names controls gets a "Findings" section, computed per group of
+comparable arms (dataset, size, model, aug): each arm with its gated share and its paper verdict
+from the 95% CI; every DAM recipe against every control, gated and ungated, with bootstrap CIs
+and the effective n; the decomposition into sampler, optimizer and loss effects; the primary
+endpoint with both CIs and the power stated before the runs; and whether each fine-tune was
+paired with the very run it started from. There is no "top recipe" pick: with the gate, a
+fine-tune's validation AUC is never below its source's, so such a pick is biased toward fine-tunes. ``leaderboard/<suite>-findings.md`` holds the same text, and
 ``bench leaderboard --readme`` copies it into README.md between generated markers.
 """
 from __future__ import annotations
@@ -14,75 +17,156 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from leaderboard.aggregate import PRIMARY_PROTOCOL
-from leaderboard.format import fmt, fmt_p, signed, table
-from leaderboard.render import best_row, paper_row
+from bench.analysis import DAM, Analysis
+from leaderboard.aggregate import FINDING_KEYS, PRIMARY_PROTOCOL, hierarchical_ci, pair_diffs, paired_row, units
+from leaderboard.endpoint import describe, endpoint_metric, primary_pairs
+from leaderboard.format import fmt, fmt_p, table
+from leaderboard.render import paper_row
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 BEGIN = "<!-- BEGIN GENERATED: {name} (bench leaderboard --suite {suite} --readme) -->"
 END = "<!-- END GENERATED: {name} -->"
 
 
-def _pair(paired: pd.DataFrame, control: str, dataset: str, recipe: str) -> str:
-    p = paired[(paired["control"] == control) & (paired["dataset"] == dataset) & (paired["recipe"] == recipe)]
-    if p.empty:
-        return "—"
-    r = p.iloc[0]
-    return f"{fmt(r['mean_diff'], r['std_diff'])}, {r['wins']}/{r['losses']}/{r['ties']}, p = {fmt_p(r['wilcoxon_p'])}"
+def _role(a: Analysis, recipe: str) -> str:
+    fam = a.family_of().get(recipe)
+    if fam == DAM:
+        return "DAM"
+    steps = {r: step for d in a.decompose.values() for step, r in d.chain()}
+    if recipe in steps:
+        return "Adam control" if steps[recipe] == "adam" else f"{steps[recipe]}-matched control"
+    if recipe in a.controls:
+        return "control"
+    return fam or "—"
 
 
-def _verdict(auc: float, lfl, best) -> str:
-    if lfl is None or best is None:
+def _ci(lo: float, hi: float) -> str:
+    return f"[{lo:.3f}, {hi:.3f}]" if np.isfinite(lo) and np.isfinite(hi) else "n/a"
+
+
+def _delta(d: np.ndarray) -> str:
+    """Mean ± SD [bootstrap CI], w/l/t, effective n, exact Wilcoxon p of paired differences."""
+    d = d[np.isfinite(d)]
+    if len(d) == 0:
+        return "not recorded"
+    r = paired_row({}, d)
+    return (f"{fmt(r['mean_diff'], r['std_diff'])} {_ci(r['ci_lo'], r['ci_hi'])}, {r['wins']}/{r['losses']}/{r['ties']}, "
+            f"eff. n {r['eff_n']}, p = {fmt_p(r['wilcoxon_p'])}")
+
+
+def _paper(ref: dict, r, size: int) -> str:
+    """The paper verdict from the 95% CI of the group's test AUC, with its † / ‡ marks."""
+    lfl = paper_row(ref, r["dataset"], r["model"], size)
+    if lfl is None:
         return "no paper row"
-    parts = [("beats" if auc > lfl[1] else "misses") + f" {lfl[1]:.3f}" + ("" if lfl[3] else " (†, not like-for-like)")]
-    parts.append(("reaches" if auc >= best[1] else "misses") + f" the {best[1]:.3f} aim")
-    return "; ".join(parts)
+    mean, h = r["test_auc_mean"], r["test_auc_ci95"]
+    marks = ("" if lfl[3] else " †") + (" ‡" if r["unverified"] else "")
+    if not np.isfinite(h):
+        return f"{lfl[0]} {lfl[1]:.3f}: n/a (n = 1){marks}"
+    lo, hi = mean - h, mean + h
+    verdict = "above" if lo > lfl[1] else "below" if hi < lfl[1] else "CI includes"
+    return f"{verdict} {lfl[1]:.3f} ({lfl[0]}), 95% CI [{lo:.3f}, {hi:.3f}]{marks}"
 
 
-def findings(suite: str, runs: pd.DataFrame, agg: pd.DataFrame, paired: pd.DataFrame, ref: dict, analysis: dict,
-             ensembles: pd.DataFrame | None = None) -> str:
-    controls = [c for c in (analysis.get("controls") or ["ce_ft", "ce"]) if c in set(runs["recipe"])]
-    # Findings are official-split numbers: a dataset also run under cv5 has second rows, kept out here.
-    off = agg[agg["protocol"] == PRIMARY_PROTOCOL]
-    paired = paired[paired["protocol"] == PRIMARY_PROTOCOL] if not paired.empty else paired
+def _gate(r) -> str:
+    g = r.get("gated_share", float("nan"))
+    return "—" if not np.isfinite(g) else f"{round(g * r['n_runs'])}/{r['n_runs']}"
+
+
+def findings(suite: str, runs: pd.DataFrame, agg: pd.DataFrame, a: Analysis, ref: dict,
+             ensembles: pd.DataFrame | None = None, scores: dict | None = None, labels: dict | None = None,
+             sources: pd.DataFrame | None = None, power=None) -> str:
+    """The findings section: per group of comparable arms (dataset, size, model, aug), never across.
+
+    ``scores``/``labels``: test scores per run id and test labels per dataset, for the hierarchical
+    bootstrap of the primary endpoint (absent for runs exported without them).
+    """
+    protocol = a.primary.protocol if a.primary else PRIMARY_PROTOCOL
+    off = agg[agg["protocol"] == protocol]
+    u = units(runs)
+    u = u[u["protocol"] == protocol]
+    controls = [c for c in a.controls if c in set(runs["recipe"])]
     if off.empty or not controls:
         return ""
-    head = ["dataset", "n seeds"] + [f"`{c}` test AUC" for c in controls] + \
-           ["DAM recipe: test AUC"] + [f"Δ DAM − {c} (w/l/t, Wilcoxon p)" for c in controls] + \
-           ["top recipe on validation: test AUC", "vs paper (like-for-like / best)"]
-    rows = []
-    for (dataset, size), g in off.groupby(["dataset", "size"], sort=True):
-        by = {r["recipe"]: r for _, r in g.iterrows()}
-        dam = sorted(r for r in by if by[r]["objective"] != "ce")
-        # the arm validation ranks first (never the test split: that would be a test-set choice)
-        top = g.sort_values("val_auc_mean", ascending=False).iloc[0]
-        lfl = paper_row(ref, dataset, top["model"], size)
-        cells = [dataset if size == 28 else f"{dataset} ({size} px)", str(int(g["n"].max()))]
-        cells += [fmt(by[c]["test_auc_mean"], by[c]["test_auc_std"]) if c in by else "—" for c in controls]
-        cells.append("; ".join(f"{r} {fmt(by[r]['test_auc_mean'], by[r]['test_auc_std'])}" for r in dam) or "—")
-        cells += ["; ".join(_pair(paired, c, dataset, r) for r in dam) or "—" for c in controls]
-        cells += [f"{top['recipe']} ({top['model']}{' †' if lfl and not lfl[3] else ''}) "
-                  f"{fmt(top['test_auc_mean'], top['test_auc_std'])}",
-                  _verdict(top["test_auc_mean"], lfl, best_row(ref, dataset))]
-        rows.append(cells)
     out = [f"## Findings (generated from the runs of `{suite}`)", "",
-           "Official split, test AUC, mean ± std (ddof=1) over n seeds; Δ are paired per seed. Every choice was "
-           "made on validation data; each run scored its test split once.", "", table(head, rows, 2)]
-    primary = paired[paired["primary"]] if not paired.empty else paired
-    pooled = paired[(paired["recipe"] == "each dataset's DAM recipe") & ~paired["primary"]] if not paired.empty else paired
-    if not pooled.empty:
-        out += ["", "Pooled over the datasets (each dataset's DAM recipe; not a declared endpoint): " + "; ".join(
-            f"Δ DAM − `{r['control']}` {fmt(r['mean_diff'], r['std_diff'])} over {r['n_pairs']} pairs "
-            f"({r['wins']}/{r['losses']}/{r['ties']}), exact Wilcoxon p = {fmt_p(r['wilcoxon_p'])}"
-            for _, r in pooled.iterrows()) + "."]
-    if not primary.empty:
-        r = primary.iloc[0]
-        sig = "significant" if np.isfinite(r["wilcoxon_p"]) and r["wilcoxon_p"] < 0.05 else "not significant"
-        out += ["", f"**Primary endpoint** (declared in `suites/{suite}.yaml` before it ran): paired Δ test AUC of "
-                    f"each dataset's DAM fine-tuning recipe − `{r['control']}`, pooled over the datasets: "
-                    f"**{fmt(r['mean_diff'], r['std_diff'])}** over {r['n_pairs']} pairs "
-                    f"({r['wins']} wins / {r['losses']} losses / {r['ties']} ties), exact two-sided Wilcoxon "
-                    f"p = {fmt_p(r['wilcoxon_p'])} ({sig} at 0.05), paired t p = {fmt_p(r['ttest_p'])}."]
+           f"{protocol.capitalize()} split. Rows are groups of comparable arms -- the same dataset, image size, model "
+           "and augmentation -- and every number is computed within one group: mean ± std (ddof=1) over the group's "
+           "n seeds, 95% t-interval of the test AUC, paired Δ per seed with a bootstrap 95% CI over seeds, "
+           "wins/losses/ties, the effective n (pairs that are not exact ties: what the Wilcoxon test uses) and the "
+           "exact Wilcoxon p. Every choice was made on validation data. A fine-tune scores its source checkpoint as "
+           "epoch 0, so validation may keep it (*gated*: the selected model); its *ungated* candidate is the best "
+           "fine-tuned epoch ≥ 1 on validation. Each candidate was scored on test once. † light model (not "
+           "like-for-like with the paper row), ‡ unverified data (MD5 differs from the official file)."]
+
+    rows = []
+    for _, r in off.sort_values(FINDING_KEYS + ["recipe"]).iterrows():
+        size = int(r["size"])
+        light = (paper_row(ref, r["dataset"], r["model"], size) or (0, 0, 0, True))[3] is False
+        rows.append([r["dataset"] if size == 28 else f"{r['dataset']} ({size} px)", r["model"] + (" †" if light else ""),
+                     str(r["aug"]), f"`{r['recipe']}`", _role(a, r["recipe"]),
+                     f"{r['n']}" + (" ‡" if r["unverified"] else ""),
+                     fmt(r["test_auc_mean"], r["test_auc_std"]), _gate(r), _paper(ref, r, size)])
+    out += ["", "### Arms", "", table(["dataset", "model", "aug", "recipe", "role", "n", "test AUC", "gated (epoch 0 kept)",
+                                         "vs paper (95% CI of test AUC)"], rows, 5)]
+
+    # paired differences, per group: every DAM recipe against every control
+    rows = []
+    for key, g in u.groupby(FINDING_KEYS, sort=True):
+        present = set(g["recipe"])
+        for dam in [r for r in a.dam if r in present]:
+            for c in [c for c in controls if c in present] + [c for c in _chain(a, dam) if c in present and c not in controls]:
+                gated = pair_diffs(g, dam, c, "test_auc")["d"].to_numpy(dtype=float)
+                ungated = pair_diffs(g, dam, c, "ungated_test_auc")["d"].to_numpy(dtype=float)
+                rows.append([key[0], key[2], str(key[3]), f"`{dam}` − `{c}`", str(len(gated)), _delta(gated),
+                             _delta(ungated) if np.isfinite(ungated).all() else
+                             f"not recorded for {int((~np.isfinite(ungated)).sum())} pair(s) (runs predate it)"])
+    if rows:
+        out += ["", "### Paired Δ test AUC, DAM − control (per group)", "",
+                table(["dataset", "model", "aug", "comparison", "pairs", "gated Δ [95% CI], w/l/t, eff. n, p",
+                       "ungated Δ [95% CI], w/l/t, eff. n, p"], rows, 4)]
+
+    rows = []
+    for key, g in u.groupby(FINDING_KEYS, sort=True):
+        present = set(g["recipe"])
+        for dam, d in a.decompose.items():
+            chain = [(step, r) for step, r in d.chain() if r in present]
+            if dam not in present or len(chain) < 2:
+                continue
+            links = chain + [("loss", dam)]
+            cells = []
+            for (lower_step, lower), (upper_step, upper) in zip(links, links[1:]):
+                # a link covers every ingredient between its ends (no optimizer control: optimizer + loss)
+                effect = " + ".join(STEPS[STEPS.index(lower_step) + 1: STEPS.index(upper_step) + 1])
+                diff = pair_diffs(g, upper, lower, "test_auc")["d"].to_numpy(dtype=float)
+                cells.append(f"{effect}: `{upper}` − `{lower}` {_delta(diff)}")
+            total = pair_diffs(g, dam, chain[0][1], "test_auc")["d"].to_numpy(dtype=float)
+            rows.append([key[0], key[2], str(key[3]), f"`{dam}`", "<br>".join(cells), _delta(total)])
+    if rows:
+        out += ["", "### Decomposition of DAM − its Adam control (gated, per group)", "",
+                "Each link changes one ingredient: *sampler* = CE/Adam on the DAM recipe's DualSampler batches "
+                "(same steps per epoch) − CE/Adam on shuffled batches; *optimizer* = CE with the DAM optimizer − "
+                "CE/Adam on the same batches; *loss* = the DAM recipe − CE with its own optimizer and batches: "
+                "what the AUC loss adds. The links add up to the total.", "",
+                table(["dataset", "model", "aug", "DAM recipe", "links (Δ [95% CI], w/l/t, eff. n, p)",
+                       "total DAM − first control"], rows, 4)]
+
+    pooled = _pooled(a, u, controls)
+    if pooled:
+        out += ["", "Pooled over the datasets (each dataset's DAM recipe, gated; not the declared endpoint): "
+                + "; ".join(pooled) + "."]
+    if a.primary is not None:
+        out += ["", _primary(a, u, scores, labels, power)]
+    if sources is not None and not sources.empty:
+        bad = sources[sources["status"] == "mismatch"]
+        unchecked = int((sources["status"] == "unchecked").sum())
+        line = (f"Sources: {int((sources['status'] == 'ok').sum())} of {len(sources)} fine-tune runs recorded exactly "
+                f"the source run they are paired with")
+        if unchecked:
+            line += f"; {unchecked} predate the `bench_init_run_id` tag (unchecked)"
+        if len(bad):
+            line += f"; **⚠ {len(bad)} started from another run than the one they are paired with** (allowed by " \
+                    f"--allow-mismatched-sources)"
+        out += ["", line + "."]
     if ensembles is not None and not ensembles.empty:
         e = ensembles[ensembles["recipe"].isin(set(runs["recipe"]))]
         lines = [f"{x.dataset} {x.recipe} {x.test_auc:.3f} [{x.test_auc_lo:.3f}, {x.test_auc_hi:.3f}]"
@@ -90,6 +174,55 @@ def findings(suite: str, runs: pd.DataFrame, agg: pd.DataFrame, paired: pd.DataF
         if lines:
             out += ["", "Seed ensembles (one model each; bootstrap 95% CI over test images): " + "; ".join(lines) + "."]
     return "\n".join(out)
+
+
+STEPS = ["adam", "sampler", "optimizer", "loss"]  # the ingredients a DAM fine-tune adds to ce_ft, in order
+
+
+def _pooled(a: Analysis, u: pd.DataFrame, controls: list[str]) -> list[str]:
+    """Each control against each dataset's DAM recipe, pooled -- only where every dataset has exactly
+    one DAM recipe (else the pairs of one dataset would share seeds)."""
+    dam = u[u["recipe"].isin(a.dam)]
+    if dam["dataset"].nunique() < 2 or (dam.groupby("dataset")["recipe"].nunique() != 1).any():
+        return []
+    out = []
+    for c in controls:
+        d = pd.concat([pair_diffs(u, t, c, "test_auc") for t in dam["recipe"].unique()])["d"].to_numpy(dtype=float)
+        if len(d):
+            out.append(f"Δ DAM − `{c}` {_delta(d)} over {len(d)} pairs")
+    return out
+
+
+def _chain(a: Analysis, dam: str) -> list[str]:
+    d = a.decompose.get(dam)
+    return [r for _, r in d.chain()] if d else []
+
+
+def _primary(a: Analysis, u: pd.DataFrame, scores, labels, power) -> str:
+    p = a.primary
+    pairs = primary_pairs(u, a)
+    d = pairs["d"].to_numpy(dtype=float)
+    missing = int((~np.isfinite(d)).sum())
+    head = f"**Primary endpoint** (declared in the suite file): {describe(a)}"
+    if missing:
+        return (head + f": **not computable** -- {missing} of {len(d)} pairs lack the {endpoint_metric(a)} "
+                "(the runs predate it).")
+    if len(d) == 0:
+        return head + ": no pairs yet."
+    r = paired_row({}, d)
+    sig = "significant" if np.isfinite(r["wilcoxon_p"]) and r["wilcoxon_p"] < 0.05 else "not significant"
+    if scores and labels and p.selection == "gated" and p.metric == "test_auc":
+        h = _ci(*hierarchical_ci(pairs, scores, labels))
+    else:
+        h = "n/a (the runs' test scores were not exported)" if p.metric == "test_auc" else "n/a (AUC only)"
+    text = (head + f": **{fmt(r['mean_diff'], r['std_diff'])}** over {r['n_pairs']} pairs ({r['wins']} wins / "
+            f"{r['losses']} losses / {r['ties']} ties; effective n = {r['eff_n']}), bootstrap 95% CI over seeds "
+            f"{_ci(r['ci_lo'], r['ci_hi'])}, hierarchical (seeds and test images) {h}; exact two-sided Wilcoxon "
+            f"p = {fmt_p(r['wilcoxon_p'])} ({sig} at 0.05), paired t p = {fmt_p(r['ttest_p'])}. "
+            f"Arms: {', '.join(f'`{t}` − `{c}`' for t, c in dict.fromkeys(zip(pairs['treatment'], pairs['control'])))}.")
+    if power is not None:
+        text += f" Power (stated before the runs): {power.text()}."
+    return text
 
 
 # Generated files README may carry a copy of: a suite's findings and a search's selection record.

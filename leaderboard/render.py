@@ -61,6 +61,8 @@ def _code(r) -> str:
     text = r["code"]
     flags = [w for w, on in (("mixed code", r["mixed_code"]), ("dirty tree", r["dirty"]),
                              ("code not recorded", r["no_code"])) if on]
+    if r.get("mixed_other"):
+        flags.append(r["mixed_other"])
     return text + (f" ⚠ {', '.join(flags)}" if flags and text != "not recorded" else (" ⚠" if flags else ""))
 
 

@@ -1,7 +1,7 @@
 """The search rule, applied in code: per dataset and recipe family, the configuration with the
 highest mean validation AUC over the search seeds wins.
 
-A search suite declares its families (``analysis.select.families``: family -> recipe names).
+A search suite declares which families compete (``analysis.select.families``, names of ``analysis.families``).
 A configuration is one group (recipe, model, aug) of a dataset. Only complete groups compete
 (every search seed finished), ties go to the configuration listed first, and test numbers are
 never read. The record also counts configurations per family, so an unequal tuning budget is
@@ -21,9 +21,9 @@ def _family_of(families: dict) -> dict:
     return {recipe: fam for fam, recipes in families.items() for recipe in recipes}
 
 
-def winners(runs: pd.DataFrame, select: dict) -> dict:
-    """{(dataset, family): (recipe, model, aug, mean val AUC)} by the rule above."""
-    families = select["families"]
+def winners(runs: pd.DataFrame, families: dict) -> dict:
+    """{(dataset, family): (recipe, model, aug, mean val AUC)} by the rule above (``families``:
+    family -> recipes that compete, ``bench.analysis.Analysis.select_families()``)."""
     order = {r: i for i, r in enumerate(r for recipes in families.values() for r in recipes)}
     fam = _family_of(families)
     agg = aggregate(runs[runs["protocol"] == "official"])
@@ -36,12 +36,11 @@ def winners(runs: pd.DataFrame, select: dict) -> dict:
     return out
 
 
-def search_record(runs: pd.DataFrame, select: dict) -> str:
+def search_record(runs: pd.DataFrame, families: dict, rule: str) -> str:
     """Markdown: per dataset and family, every configuration tried with its mean val AUC and the winner."""
-    families = select["families"]
     fam = _family_of(families)
     agg = aggregate(runs[(runs["protocol"] == "official") & runs["recipe"].isin(fam)])
-    won = winners(runs, select)
+    won = winners(runs, families)
     head = ["dataset", "family", "configurations tried", "n seeds", "configuration (recipe, model, aug): mean val AUC",
             "selected"]
     rows = []
@@ -56,5 +55,4 @@ def search_record(runs: pd.DataFrame, select: dict) -> str:
             rows.append([dataset, family, f"{counts[family]}" + (" ⚠ unequal budget" if unequal else ""),
                          ",".join(sorted({str(n) for n in g["n"]})) or "0", tried or "—",
                          f"**{w[0]}** ({w[1]}, aug {w[2]})" if w else "—"])
-    rule = select.get("rule", "highest mean validation AUC over the search seeds; ties: the configuration listed first")
     return f"Rule (fixed before the search ran): {rule}.\n\n" + table(head, rows, 3)

@@ -24,7 +24,7 @@ def test_shipped_suite_names():
 
 def test_grid_expansion_counts():
     assert len(load_suite("smoke").cells()) == 2
-    assert len(load_suite("quick").cells()) == 9
+    assert len(load_suite("quick").cells()) == 15
     assert len(load_suite("objectives").cells()) == 30
     # 7 datasets x (5 objectives + 2 two-stage DAM recipes + the ce_ft control) x 2 aug x 3 seeds x (official + 5 folds)
     assert len(load_suite("full").cells()) == 7 * 8 * 2 * 3 * 6

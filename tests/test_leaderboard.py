@@ -51,7 +51,7 @@ def test_newest_run_per_cell_wins():
 
 def test_golden_markdown():
     runs = collect.tidy(collect.roundtrip(synthetic_export()))
-    md = render.markdown("golden", runs, A.aggregate(runs), A.paired(runs), STAMP)
+    md = render.markdown("golden", runs, A.aggregate(runs), A.paired(runs, dam=("aucm",)), STAMP)
     if os.environ.get("BENCH_UPDATE_GOLDEN") == "1":  # regenerate deliberately, then review the diff
         GOLDEN.write_text(md)
     assert md == GOLDEN.read_text()
@@ -100,7 +100,7 @@ def test_paired_test_known_answer():
     assert "cannot reach p<0.05" in small["note"] and small["wilcoxon_p"] == pytest.approx(0.25)
     # the same 6 pairs split over two datasets: 3 pairs per dataset, and one pooled row of 6
     two = pd.concat([base, dam]).assign(dataset=lambda f: np.where(f["seed"] < 3, "b", "c"))
-    pooled = A.paired(two).set_index("dataset").loc["all (pooled)"]
+    pooled = A.paired(two, dam=("aucm",)).set_index("dataset").loc["all (pooled)"]
     assert pooled.iloc[0]["n_pairs"] == 6 and pooled.iloc[0]["wilcoxon_p"] == pytest.approx(2 / 64)
     # one DAM recipe per dataset: a second pooled row over all pairs (here the same 6)
     assert len(pooled) == 2 and pooled.iloc[1]["recipe"] == "each dataset's DAM recipe" and pooled.iloc[1]["n_pairs"] == 6
@@ -219,7 +219,7 @@ def test_pooled_dam_rows_never_mix_protocols_and_the_primary_is_official():
                      for d in ("a", "b")])
     cv = _runs({"ce_ft": lambda s, k: 0.80, "aucm_ft": lambda s, k: 0.70}, protocol="cv5", folds=range(5), dataset="a")
     cv2 = cv.assign(dataset="b")
-    p = A.paired(pd.concat([off, cv, cv2]), controls=("ce_ft",), primary="ce_ft")
+    p = A.paired(pd.concat([off, cv, cv2]), controls=("ce_ft",), primary="ce_ft", dam=("aucm_ft",))
     each = p[p["recipe"] == "each dataset's DAM recipe"].set_index("protocol")
     assert set(each.index) == {"official", "cv5"} and (each["n_pairs"] == 6).all()
     assert each.loc["official", "mean_diff"] == pytest.approx(0.02) and each.loc["cv5", "mean_diff"] == pytest.approx(-0.1)
@@ -269,15 +269,15 @@ def test_search_rule_picks_by_validation_only_and_records_the_budget():
     runs = _runs({"ce": lambda s, k: 0.80, "ce_swa": lambda s, k: 0.82, "aucm_ft": lambda s, k: 0.81,
                   "compauc_ft": lambda s, k: 0.81})
     runs["test_auc"] = 1 - runs["val_auc"]  # test disagrees everywhere: it must not matter
-    select = {"families": {"ce": ["ce", "ce_swa"], "dam": ["aucm_ft", "compauc_ft"]}}
+    select = {"ce": ["ce", "ce_swa"], "dam": ["aucm_ft", "compauc_ft"]}
     won = winners(runs, select)
     assert won[("b", "ce")][0] == "ce_swa"
     assert won[("b", "dam")][0] == "aucm_ft"  # a tie goes to the configuration listed first
-    rec = search_record(runs, select)
+    rec = search_record(runs, select, "the rule")
     assert "**ce_swa**" in rec and "unequal" not in rec
     uneven = winners(runs[runs.recipe != "compauc_ft"], select)
     assert uneven[("b", "dam")][0] == "aucm_ft"
-    assert "unequal budget" in search_record(runs[runs.recipe != "compauc_ft"], select)
+    assert "unequal budget" in search_record(runs[runs.recipe != "compauc_ft"], select, "the rule")
 
 
 def test_readme_block_is_replaced_between_markers(tmp_path):
@@ -306,7 +306,8 @@ def test_secondary_metrics_get_their_own_tables_and_never_the_primary_mark(tmp_p
 
     csv = tmp_path / "x-runs.csv"
     synthetic_export().to_csv(csv, index=False)
-    analysis = {"controls": ["ce"], "primary": {"control": "ce"}, "secondary_metrics": ["test_auprc"]}
+    analysis = {"controls": ["ce"], "families": {"dam": ["aucm"]}, "primary": {"control": "ce"},
+                "secondary_metrics": ["test_auprc"]}
     md = build_leaderboard("x", out_dir=tmp_path, from_csv=csv, charts=False, generated_at=STAMP,
                            declared=SimpleNamespace(doc={"analysis": analysis})).read_text()
     main, auprc = md.split("## Paired comparisons on AUPRC (secondary endpoint)")
@@ -321,6 +322,8 @@ def test_findings_pair_official_runs_even_when_the_dataset_also_ran_cv5():
     off = _runs({"ce_ft": lambda s, k: 0.80, "aucm_ft": lambda s, k: 0.83}, dataset="a")
     cv = _runs({"ce_ft": lambda s, k: 0.80, "aucm_ft": lambda s, k: 0.70}, protocol="cv5", folds=range(5), dataset="a")
     runs = pd.concat([off, cv])
-    paired = A.paired(runs, controls=("ce_ft",))
-    text = findings.findings("x", runs, A.aggregate(runs), paired, render.load_reference(), {"controls": ["ce_ft"]})
-    assert "0.030 ± 0.000, 3/0/0" in text and "-0.100" not in text
+    from bench import analysis as AN
+
+    a = AN.parse({"controls": ["ce_ft"], "families": {"dam": ["aucm_ft"]}})
+    text = findings.findings("x", runs, A.aggregate(runs), a, render.load_reference())
+    assert "0.030 ± 0.000 [0.030, 0.030], 3/0/0" in text and "-0.100" not in text

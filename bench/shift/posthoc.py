@@ -17,10 +17,10 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from bench import data as D
-from bench.models import create_model
+from bench.models import load_model
 from bench.runner import CHECKPOINT, load_checkpoint
 from bench.shift.scoring import require_backends, score_and_log
-from bench.train import memory_format, select_device, use_bf16
+from bench.train import select_device, use_bf16
 
 log = logging.getLogger(__name__)
 
@@ -65,16 +65,21 @@ def score_run(tracker, run, data_root=None, allow_unverified=None) -> dict:
     with tempfile.TemporaryDirectory(prefix="bench-shift-") as tmp:
         state = load_checkpoint(tracker.download_artifact(run.info.run_id, CHECKPOINT, Path(tmp)))
     spec, device = data.spec, select_device()
-    model = create_model(p["model"], spec.n_channels, spec.n_labels)
-    model.load_state_dict(state)
-    bf16 = use_bf16(p.get("precision", "auto"), device, spec.dims)
-    model = model.to(device)
-    if bf16:
-        model = model.to(memory_format=memory_format(spec.dims))
-    x_scale = 0.5 if p.get("voxel_scale") == "True" and spec.shape_mask else 1.0
+    bf16 = run_bf16(run.data.tags.get("precision"), p.get("precision", "auto"), device, spec.dims)
+    model = load_model(p["model"], spec.n_channels, spec.n_labels, dims=spec.dims, device=device, bf16=bf16, state=state)
+    x_scale = D.eval_x_scale(p.get("voxel_scale") == "True", spec)
     return score_and_log(model, data, RunHandle(tracker, run.info.run_id, None), tta=p.get("tta", "none"),
                          eval_batch_size=int(p.get("eval_batch_size", 512)), device=device, bf16=bf16,
                          x_scale=x_scale, test_auc=run.data.metrics["test_auc"])
+
+
+def run_bf16(recorded: str | None, requested: str, device, dims: int) -> bool:
+    """Score in the precision the run *used* (its ``precision`` tag: bf16 | fp32), so a model is
+    re-scored as it was tested; runs older than that tag fall back to what the request resolves to
+    here. A bf16 run re-scored where bf16 is not reliable (e.g. a CPU without it) uses fp32."""
+    if recorded in ("bf16", "fp32"):
+        return recorded == "bf16" and use_bf16("bf16", device, dims)
+    return use_bf16(requested, device, dims)
 
 
 def run_shift(tracker, runs, data_root=None, allow_unverified=None, progress=True) -> ShiftSummary:
