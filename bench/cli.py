@@ -10,6 +10,7 @@ import logging
 import os
 import signal
 import sys
+from pathlib import Path
 
 import click
 
@@ -365,6 +366,38 @@ def leaderboard(suite_name, out_dir, from_csv, experiment, generated_at, readme,
         shown = [f for f in made if f.exists() and readme_block(f) is not None] or made[:1]
         for f in shown:
             click.echo(f"updated {update_readme(f)} ({f.name})")
+
+
+@main.command("export-runs")
+@click.option("--suite", "suite_name", required=True, help="suite whose experiment to export")
+@click.option("--out", type=click.Path(dir_okay=False), default=None, help="zip to write (default runs/<suite>-runs.zip)")
+@click.option("--with-checkpoints", is_flag=True, help="include model.pt (needed only to fine-tune from these runs elsewhere)")
+@click.option("--experiment", default=None, help="MLflow experiment (default: the suite's)")
+@user_errors
+def export_runs_cmd(suite_name, out, with_checkpoints, experiment):
+    """Write a suite's runs (params, tags, metric histories, prediction files) into one zip."""
+    from bench.config import available_suites, load_suite
+    from bench.tracking import export_runs
+
+    is_file = suite_name.endswith((".yaml", ".yml"))
+    declared = load_suite(suite_name) if is_file or suite_name in available_suites() else None
+    name = declared.name if declared is not None else suite_name
+    experiment = experiment or (declared.experiment if declared is not None else f"medauc-bench/{name}")
+    path = Path(out or f"runs/{name}-runs.zip")
+    n = export_runs(experiment, path, with_checkpoints)
+    click.echo(f"wrote {path}: {n} runs of experiment '{experiment}'")
+
+
+@main.command("import-runs")
+@click.argument("file", type=click.Path(dir_okay=False, exists=True))
+@click.option("--experiment", default=None, help="experiment to import into (default: the exported one's name)")
+@user_errors
+def import_runs_cmd(file, experiment):
+    """Recreate exported runs in this tracking store (idempotent; ids, metrics, tags, artifacts kept)."""
+    from bench.tracking import import_runs, tracking_uri
+
+    imported, already = import_runs(Path(file), experiment)
+    click.echo(f"imported {imported} run(s), {already} already there, into {tracking_uri()}")
 
 
 @main.command()

@@ -449,3 +449,119 @@ def run_csv(run_id: str, prefixes: tuple[str, ...]) -> dict[str, "object"]:
             path = client.download_artifacts(run_id, f.path, tmp)
             out[name] = pd.read_csv(path, header=None, index_col=0)
     return out
+
+
+# --------------------------------------------------------------------------- runs as one file
+# A suite's runs travel as one zip (an air-gapped GPU host back to a workstation, one session's
+# store to the next): manifest.json with every run's info, params, tags and full metric
+# histories, and its artifacts under artifacts/<run id>/ (model.pt only on request: it is large,
+# and only a fine-tune that has yet to run needs its source's). Importing recreates each run in
+# the current store with the same tags (bench_cell_id, bench_code_digest, ...), so resume, the
+# leaderboard and `bench shift` treat them as their own; `bench_imported_from` names the original
+# run id and makes a second import of the same file a no-op.
+
+EXPORT_FORMAT = "medauc-bench-runs/1"
+IMPORTED_TAG = "bench_imported_from"
+CHECKPOINT_NAME = "model.pt"
+
+
+def _all_runs(client, experiment_ids) -> list:
+    runs, token = [], None
+    while True:
+        page = client.search_runs(experiment_ids, max_results=5000, page_token=token)
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def export_runs(experiment: str, out: Path, with_checkpoints: bool = False, uri: str | None = None) -> int:
+    """Write every run of ``experiment`` (parents, cells, ensembles) into the zip ``out``."""
+    import tempfile
+    import zipfile
+
+    client = MlflowClient(uri or tracking_uri())
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        raise TrackingError(f"no experiment '{experiment}' in {uri or tracking_uri()}; run the suite first")
+    runs = _all_runs(client, [exp.experiment_id])
+    manifest = {"format": EXPORT_FORMAT, "experiment": experiment, "source": uri or tracking_uri(),
+                "experiment_tags": dict(exp.tags), "runs": []}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="bench-export-") as tmp, \
+            zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for run in runs:
+            rid = run.info.run_id
+            metrics = {k: [[m.value, m.timestamp, m.step] for m in client.get_metric_history(rid, k)]
+                       for k in run.data.metrics}
+            files = []
+            for f in client.list_artifacts(rid):
+                if f.is_dir or (f.path == CHECKPOINT_NAME and not with_checkpoints):
+                    continue
+                local = client.download_artifacts(rid, f.path, tmp)
+                zf.write(local, f"artifacts/{rid}/{f.path}")
+                files.append(f.path)
+            manifest["runs"].append({
+                "run_id": rid, "run_name": run.info.run_name, "status": run.info.status,
+                "start_time": run.info.start_time, "end_time": run.info.end_time,
+                "params": dict(run.data.params), "tags": dict(run.data.tags), "metrics": metrics, "artifacts": files})
+        zf.writestr("manifest.json", json.dumps(manifest))
+    return len(runs)
+
+
+def import_runs(path: Path, experiment: str | None = None, uri: str | None = None) -> tuple[int, int]:
+    """Recreate the runs of an export in the current store; returns (imported, already there)."""
+    import tempfile
+    import zipfile
+
+    try:
+        zf = zipfile.ZipFile(path)
+        manifest = json.loads(zf.read("manifest.json"))
+    except (OSError, KeyError, zipfile.BadZipFile, json.JSONDecodeError) as exc:
+        raise TrackingError(f"{path}: not a runs export ({type(exc).__name__}); make one with `bench export-runs`") from None
+    if manifest.get("format") != EXPORT_FORMAT:
+        raise TrackingError(f"{path}: unknown export format {manifest.get('format')!r} (expected {EXPORT_FORMAT})")
+    tracker_uri = uri or tracking_uri()
+    check_reachable(tracker_uri)
+    client = MlflowClient(tracker_uri)
+    name = experiment or manifest["experiment"]
+    exp = client.get_experiment_by_name(name)
+    if exp is None:
+        root = artifact_root(tracker_uri)
+        exp_id = client.create_experiment(name, artifact_location=f"{root}/{name.replace('/', '_')}" if root else None,
+                                          tags=manifest.get("experiment_tags") or {})
+    else:
+        exp_id = exp.experiment_id
+    done = {r.data.tags[IMPORTED_TAG]: r.info.run_id for r in _all_runs(client, [exp_id]) if IMPORTED_TAG in r.data.tags}
+    # parents first, then in start order (a fine-tune's source started before it), so every
+    # reference to another run -- parent, source checkpoint, ensemble members -- maps to its new id
+    runs = sorted(manifest["runs"], key=lambda r: (PARENT_TAG in r["tags"], r["start_time"] or 0))
+    imported = skipped = 0
+    with tempfile.TemporaryDirectory(prefix="bench-import-") as tmp:
+        for r in runs:
+            if r["run_id"] in done:
+                skipped += 1
+                continue
+            tags = {k: v for k, v in r["tags"].items() if k not in ("mlflow.runName",)}
+            for key in (PARENT_TAG, "bench_init_run_id"):
+                if key in tags:
+                    tags[key] = done.get(tags[key], tags[key])
+            if tags.get("bench_members"):
+                tags["bench_members"] = ",".join(done.get(m, m) for m in tags["bench_members"].split(","))
+            tags[IMPORTED_TAG] = r["run_id"]
+            new = client.create_run(exp_id, start_time=r["start_time"], tags=tags, run_name=r["run_name"])
+            rid = new.info.run_id
+            params = [Param(k, v) for k, v in r["params"].items()]
+            metrics = [Metric(k, v, ts, step) for k, hist in r["metrics"].items() for v, ts, step in hist]
+            for i in range(0, len(params), 100):  # MLflow's batch limits: 100 params, 1000 metrics
+                client.log_batch(rid, params=params[i : i + 100])
+            for i in range(0, len(metrics), 1000):
+                client.log_batch(rid, metrics=metrics[i : i + 1000])
+            if r["artifacts"]:
+                for f in r["artifacts"]:
+                    zf.extract(f"artifacts/{r['run_id']}/{f}", tmp)
+                client.log_artifacts(rid, str(Path(tmp) / "artifacts" / r["run_id"]))
+            client.set_terminated(rid, r["status"], end_time=r["end_time"])
+            done[r["run_id"]] = rid
+            imported += 1
+    return imported, skipped

@@ -133,22 +133,23 @@ def findings(suite: str, runs: pd.DataFrame, agg: pd.DataFrame, a: Analysis, ref
             if dam not in present or len(chain) < 2:
                 continue
             links = chain + [("loss", dam)]
-            cells = []
-            for (lower_step, lower), (upper_step, upper) in zip(links, links[1:]):
-                # a link covers every ingredient between its ends (no optimizer control: optimizer + loss)
-                effect = " + ".join(STEPS[STEPS.index(lower_step) + 1: STEPS.index(upper_step) + 1])
-                diff = pair_diffs(g, upper, lower, "test_auc")["d"].to_numpy(dtype=float)
-                cells.append(f"{effect}: `{upper}` − `{lower}` {_delta(diff)}")
-            total = pair_diffs(g, dam, chain[0][1], "test_auc")["d"].to_numpy(dtype=float)
-            rows.append([key[0], key[2], str(key[3]), f"`{dam}`", "<br>".join(cells), _delta(total)])
+            for metric, selection in (("test_auc", "gated"), ("ungated_test_auc", "ungated")):
+                cells = []
+                for (lower_step, lower), (upper_step, upper) in zip(links, links[1:]):
+                    # a link covers every ingredient between its ends (no optimizer control: optimizer + loss)
+                    effect = " + ".join(STEPS[STEPS.index(lower_step) + 1: STEPS.index(upper_step) + 1])
+                    diff = pair_diffs(g, upper, lower, metric)["d"].to_numpy(dtype=float)
+                    cells.append(f"{effect}: `{upper}` − `{lower}` {_delta(diff)}")
+                total = pair_diffs(g, dam, chain[0][1], metric)["d"].to_numpy(dtype=float)
+                rows.append([key[0], key[2], str(key[3]), f"`{dam}`", selection, "<br>".join(cells), _delta(total)])
     if rows:
-        out += ["", "### Decomposition of DAM − its Adam control (gated, per group)", "",
+        out += ["", "### Decomposition of DAM − its Adam control (per group)", "",
                 "Each link changes one ingredient: *sampler* = CE/Adam on the DAM recipe's DualSampler batches "
                 "(same steps per epoch) − CE/Adam on shuffled batches; *optimizer* = CE with the DAM optimizer − "
                 "CE/Adam on the same batches; *loss* = the DAM recipe − CE with its own optimizer and batches: "
                 "what the AUC loss adds. The links add up to the total.", "",
-                table(["dataset", "model", "aug", "DAM recipe", "links (Δ [95% CI], w/l/t, eff. n, p)",
-                       "total DAM − first control"], rows, 4)]
+                table(["dataset", "model", "aug", "DAM recipe", "selection", "links (Δ [95% CI], w/l/t, eff. n, p)",
+                       "total DAM − first control"], rows, 5)]
 
     pooled = _pooled(a, u, controls)
     if pooled:
@@ -211,7 +212,7 @@ def _primary(a: Analysis, u: pd.DataFrame, scores, labels, power) -> str:
         return head + ": no pairs yet."
     r = paired_row({}, d)
     sig = "significant" if np.isfinite(r["wilcoxon_p"]) and r["wilcoxon_p"] < 0.05 else "not significant"
-    if scores and labels and p.selection == "gated" and p.metric == "test_auc":
+    if scores and labels and p.metric == "test_auc":
         h = _ci(*hierarchical_ci(pairs, scores, labels))
     else:
         h = "n/a (the runs' test scores were not exported)" if p.metric == "test_auc" else "n/a (AUC only)"

@@ -17,7 +17,8 @@ COLUMNS = {  # metric -> header; every metric here is higher-is-better
 }
 CONTROL_TEXT = {
     "ce_ft": "the budget-matched control `ce_ft` (same CE checkpoint, fine-tuning epochs, schedule and epoch-0 "
-             "gating, CE loss): the difference is what the AUC loss adds",
+             "gating; CE loss with Adam on shuffled batches): the difference mixes the DAM recipe's sampler, optimizer "
+             "and loss -- the findings' decomposition separates them where the matched controls ran",
     "ce": "`ce` (the CE model the fine-tuning recipes start from): the difference also contains the extra "
           "fine-tuning epochs and the extra validation-selected candidate",
 }

@@ -55,3 +55,29 @@ def test_confirm_schema_migration_changed_no_one_stage_cell():
     one_stage = [c for c in cells if not c.init_from]
     assert len(one_stage) == 50 and all(c.cell_id in ids for c in one_stage)
     assert not any(c.cell_id in ids for c in cells if c.init_from)
+
+
+def test_confirm_v3_seeds_are_fresh_and_its_design_is_the_registered_one():
+    from bench.config import available_suites
+
+    others = [n for n in available_suites() if n != "confirm_v3"]
+    used = set().union(*({c.seed for c in load_suite(n).cells()} for n in others))
+    v3 = load_suite("confirm_v3")
+    cells = v3.cells()
+    assert not {c.seed for c in cells} & used
+    per = {d: {c.seed for c in cells if c.dataset == d} for d in {c.dataset for c in cells}}
+    assert per == {"breastmnist": set(range(40, 50)), "adrenalmnist3d": set(range(40, 45)),
+                   "vesselmnist3d": set(range(40, 45))}
+    budget = {(c.dataset, bool(c.init_from)): c.train.epochs for c in cells}
+    assert budget[("breastmnist", False)] == 100 and budget[("breastmnist", True)] == 20
+    assert all(budget[(d, False)] >= 30 and budget[(d, True)] >= 10 for d in ("adrenalmnist3d", "vesselmnist3d"))
+    p = {(c.dataset, c.recipe): c.params_dict for c in cells if c.seed == 40}
+    for d in per:  # defaults against defaults, and the controls matched to them
+        assert p[(d, "aucm_ft")]["lr"] == 0.1 and p[(d, "aucm_ft")]["margin"] == 1.0
+        assert p[(d, "aucm_ft")]["epoch_decay"] == 3e-3 and p[(d, "compauc_ft")]["lr"] == 0.1
+        assert p[(d, "ce_ft_dual")]["sampling_rate"] == p[(d, "aucm_ft")]["sampling_rate"] == \
+            p[(d, "compauc_ft")]["sampling_rate"]
+        assert all(p[(d, "ce_ft_pesg")][k] == p[(d, "aucm_ft")][k] for k in p[(d, "ce_ft_pesg")])
+    a = v3.analysis
+    assert a.primary.treatment == "aucm_ft" and a.primary.control == "matched" and a.primary.selection == "ungated"
+    assert a.matched_control("aucm_ft") == "ce_ft_pesg" and v3.doc["shift"] is True

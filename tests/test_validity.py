@@ -395,3 +395,15 @@ def test_posthoc_scoring_uses_the_recorded_precision():
     cpu = torch.device("cpu")
     assert run_bf16("fp32", "bf16", cpu, 2) is False  # tested in fp32: re-scored in fp32
     assert run_bf16("bf16", "fp32", cpu, 3) is False  # never bf16 where it is unreliable (3D on CPU)
+
+
+def test_deterministic_mode_switches_torch_and_back():
+    from bench.train import set_deterministic
+
+    try:
+        set_deterministic(True)
+        assert torch.are_deterministic_algorithms_enabled() and torch.backends.cudnn.deterministic
+        assert __import__("os").environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+    finally:
+        set_deterministic(False)
+    assert not torch.are_deterministic_algorithms_enabled() and not torch.backends.cudnn.benchmark
