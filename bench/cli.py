@@ -189,6 +189,8 @@ def cell(dataset, objective, model, aug, aug_value, seed, protocol, fold, epochs
 @click.option("--address", default=None, callback=_default_none,
               help="ray: auto, HOST:PORT or ray://HOST:10001 (default: a Ray instance on this machine)")
 @click.option("--max-concurrent", default=None, callback=_optional_int(1, None), help="ray: at most N cells at once")
+@click.option("--jobs", default=None, callback=_optional_int(1, None),
+              help="local: N cells at once in worker processes (packs GPU fractions as `resources:` declares)")
 @click.option("--checkpoints", default=None, callback=_default_none,
               help="all (default) | needed: keep model.pt only for cells another cell starts from")
 @click.option("--workers", default=None, callback=_optional_int(1, None), help="dry run: plan for N workers")
@@ -202,7 +204,7 @@ def cell(dataset, objective, model, aug, aug_value, seed, protocol, fold, epochs
 @progress_opt
 @system_metrics_opt
 @user_errors
-def suite(name, rerun, only, max_cells, dry_run, experiment, no_leaderboard, executor, address, max_concurrent,
+def suite(name, rerun, only, max_cells, dry_run, experiment, no_leaderboard, executor, address, max_concurrent, jobs,
           checkpoints, workers, gpus_per_worker, cpus_per_worker, pilot, data_dir, allow_unverified_data, progress,
           system_metrics):
     """Run the declared suite NAME (suites/NAME.yaml), resuming where it stopped."""
@@ -224,7 +226,7 @@ def suite(name, rerun, only, max_cells, dry_run, experiment, no_leaderboard, exe
                     allow_unverified=allow_unverified_data, experiment=experiment, progress=_progress(progress),
                     leaderboard=not no_leaderboard, executor=executor, address=address, max_concurrent=max_concurrent,
                     checkpoints=checkpoints, workers=workers, gpus_per_worker=gpus_per_worker,
-                    cpus_per_worker=cpus_per_worker, system_metrics=system_metrics, pilot=pilot)
+                    cpus_per_worker=cpus_per_worker, system_metrics=system_metrics, pilot=pilot, jobs=jobs)
     if dry_run:
         click.echo(out)
         return

@@ -200,7 +200,7 @@ def plan_report(plan, tracker, suite: Suite, keep: set[str], workers, max_concur
     return text
 
 
-def make_executor(executor, address, max_concurrent, dry: bool):
+def make_executor(executor, address, max_concurrent, dry: bool, jobs: int | None = None):
     """An executor from its name and options (None for a dry run, which only checks the name);
     an :class:`~bench.executors.Executor` instance is used as it is."""
     from bench.executors import EXECUTORS, Executor
@@ -211,13 +211,19 @@ def make_executor(executor, address, max_concurrent, dry: bool):
     options = {k: v for k, v in (("address", address), ("max_concurrent", max_concurrent)) if v is not None}
     if executor == "local" and options:
         raise ConfigError(f"{', '.join('--' + k.replace('_', '-') for k in options)}: only for --executor ray")
+    if jobs is not None:
+        if executor != "local":
+            raise ConfigError("--jobs: only for --executor local (on Ray, --max-concurrent bounds the cells at once)")
+        if jobs < 1:
+            raise ConfigError("--jobs must be >= 1")
+        options["jobs"] = jobs
     return None if dry else factory(**options)
 
 
 def run_suite(name: str, *, rerun=False, only=(), max_cells=None, dry=False, data_root=None, allow_unverified=None,
               experiment=None, progress=True, leaderboard=True, executor="local", address=None, max_concurrent=None,
               checkpoints=None, workers=None, gpus_per_worker=None, cpus_per_worker=None, system_metrics=False,
-              pilot=None):
+              pilot=None, jobs=None):
     """Run (or with ``dry`` plan) suite ``name``; ``executor`` is a name in ``bench.executors.EXECUTORS``
     or an :class:`~bench.executors.Executor` (connected or not)."""
     from bench.executors.plan import build_plan, checkpoint_policy, needed_sources
@@ -235,7 +241,7 @@ def run_suite(name: str, *, rerun=False, only=(), max_cells=None, dry=False, dat
     policy = parse_resources(suite.doc.get("resources"), suite.path)
     keep = checkpoint_policy(checkpoints or suite.doc.get("checkpoints"),
                              "--checkpoints" if checkpoints else f"{suite.path}: checkpoints")
-    ex = make_executor(executor, address, max_concurrent, dry)
+    ex = make_executor(executor, address, max_concurrent, dry, jobs)
     tracker = Tracker(experiment or suite.experiment, reuse=suite.reuse, executor=ex.name if ex else executor,
                       description=experiment_description(suite), system_metrics=system_metrics)
     tracker.mark_stale()

@@ -212,3 +212,12 @@ def ray_entry(task: CellTask, ctx: WorkerContext, threads: int) -> CellResult:
         msg = f"worker {host()}: {exc}"
         return CellResult(task.cell.cell_id, task.cell.run_name, "failed", error=msg)
     return run_task(task, ctx, tracker)
+
+
+def pool_entry(task: CellTask, ctx: WorkerContext, threads: int, gpus: str | None) -> CellResult:
+    """The body of a ``--jobs`` task (bench.executors.pool), in a fresh spawned process: its GPUs
+    (``CUDA_VISIBLE_DEVICES``, set before torch touches CUDA), then the Ray task's body."""
+    if gpus is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpus
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    return ray_entry(task, ctx, threads)

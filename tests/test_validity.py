@@ -72,8 +72,16 @@ datasets:
      r"'sampling_rte' is not a hyperparameter of both.*did you mean 'sampling_rate'"),
     ("recipes: {ce_ft_pesg: {init_from: ce_ft}}", r"must start from the same source"),
     ("recipes: {aucm_ft: {family: dam}}", r"recipes\.aucm_ft\.family: a recipe's role is declared once, in analysis\.families"),
+    ("analysis: {primay: {control: ce_ft}}", r"unknown key 'analysis\.primay' \(did you mean 'primary'\?\)"),
+    ("analysis: {primary: {contrl: ce_ft}}", r"unknown key 'analysis\.primary\.contrl' \(did you mean 'control'\?\)"),
+    ("analysis: {controls: [ce_ftt]}", r"analysis\.controls: unknown recipe 'ce_ftt' \(did you mean 'ce_ft'\?\)"),
+    ("analysis: {primary: {control: ce_ft, protocol: cv5}}", r"analysis\.primary\.protocol 'cv5' is not run by this suite"),
+    ("analysis: {families: {dam: [aucm_ft], ctrl: [aucm_ft]}}", r"'aucm_ft' is in both 'dam' and 'ctrl'"),
+    ("analysis: {secondary_metrics: [test_auprcc]}", r"unknown metric 'test_auprcc' \(did you mean 'test_auprc'\?\)"),
+    ("analysis: {primary: {control: ce_ft, selection: best}}", r"analysis\.primary\.selection"),
+    ("analysis: {power: {pilot: confirm}}", r"analysis\.power needs analysis\.primary"),
 ])
-def test_bad_matches_are_one_line_errors(suites, extra, match):
+def test_bad_matches_and_analysis_blocks_are_one_line_errors(suites, extra, match):
     suites("t", BASE + extra + "\n")
     with pytest.raises(ConfigError, match=match) as e:
         load_suite("t")
@@ -299,21 +307,6 @@ def test_a_stale_pair_is_refused_and_flagged_when_allowed(tmp_path):
 # --------------------------------------------------------------------------- analysis schema
 
 
-@pytest.mark.parametrize("block, match", [
-    ("analysis: {primay: {control: ce_ft}}", r"unknown key 'analysis\.primay' \(did you mean 'primary'\?\)"),
-    ("analysis: {primary: {contrl: ce_ft}}", r"unknown key 'analysis\.primary\.contrl' \(did you mean 'control'\?\)"),
-    ("analysis: {controls: [ce_ftt]}", r"analysis\.controls: unknown recipe 'ce_ftt' \(did you mean 'ce_ft'\?\)"),
-    ("analysis: {primary: {control: ce_ft, protocol: cv5}}", r"analysis\.primary\.protocol 'cv5' is not run by this suite"),
-    ("analysis: {families: {dam: [aucm_ft], ctrl: [aucm_ft]}}", r"'aucm_ft' is in both 'dam' and 'ctrl'"),
-    ("analysis: {secondary_metrics: [test_auprcc]}", r"unknown metric 'test_auprcc' \(did you mean 'test_auprc'\?\)"),
-    ("analysis: {primary: {control: ce_ft, selection: best}}", r"analysis\.primary\.selection"),
-    ("analysis: {power: {pilot: confirm}}", r"analysis\.power needs analysis\.primary"),
-])
-def test_analysis_typos_are_one_line_errors(suites, block, match):
-    suites("t", BASE + block + "\n")
-    with pytest.raises(ConfigError, match=match) as e:
-        load_suite("t")
-    assert "\n" not in str(e.value)
 
 
 # --------------------------------------------------------------------------- power

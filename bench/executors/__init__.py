@@ -76,7 +76,11 @@ class Executor(abc.ABC):
         self.close()
 
 
-def _local(**options):
+def _local(jobs: int | None = None, **options):
+    if jobs is not None and jobs > 1:  # N cells at once in worker processes (bench.executors.pool)
+        from bench.executors.pool import PoolExecutor
+
+        return PoolExecutor(jobs)
     from bench.executors.local import LocalExecutor
 
     return LocalExecutor(**options)
@@ -88,7 +92,7 @@ def _ray(**options):
     return RayExecutor(**options)
 
 
-EXECUTORS.register("local", description="sequential, in this process (default)")(_local)
+EXECUTORS.register("local", description="this machine: sequential in this process (default), or --jobs N cells at once")(_local)
 EXECUTORS.register("ray", description="one Ray task per cell on a Ray cluster (pip install -e '.[ray]')")(_ray)
 
 
