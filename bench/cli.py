@@ -222,11 +222,15 @@ def suite(name, rerun, only, max_cells, dry_run, experiment, no_leaderboard, exe
         contradiction(value is not None and not dry_run, f"{opt} plans a cluster in a dry run only; add --dry-run "
                       f"(to run on a cluster: --executor ray --address ...)")
 
-    out = run_suite(name, rerun=rerun, only=only, max_cells=max_cells, dry=dry_run, data_root=data_dir,
-                    allow_unverified=allow_unverified_data, experiment=experiment, progress=_progress(progress),
-                    leaderboard=not no_leaderboard, executor=executor, address=address, max_concurrent=max_concurrent,
-                    checkpoints=checkpoints, workers=workers, gpus_per_worker=gpus_per_worker,
-                    cpus_per_worker=cpus_per_worker, system_metrics=system_metrics, pilot=pilot, jobs=jobs)
+    from bench.driver import RunOptions
+
+    options = RunOptions(rerun=rerun, only=tuple(only), max_cells=max_cells, dry=dry_run, data_root=data_dir,
+                         allow_unverified=allow_unverified_data, experiment=experiment, progress=_progress(progress),
+                         leaderboard=not no_leaderboard, executor=executor, address=address,
+                         max_concurrent=max_concurrent, jobs=jobs, checkpoints=checkpoints, workers=workers,
+                         gpus_per_worker=gpus_per_worker, cpus_per_worker=cpus_per_worker,
+                         system_metrics=system_metrics, pilot=pilot)
+    out = run_suite(name, options)
     if dry_run:
         click.echo(out)
         return

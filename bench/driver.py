@@ -10,6 +10,7 @@ cluster); every executor runs a cell with the same code, ``bench.worker.run_task
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
@@ -134,8 +135,7 @@ def experiment_description(suite: Suite) -> str:
             f"leaderboard: `leaderboard/{suite.name}.md` (generated from these runs).")
 
 
-def worker_context(suite: Suite, tracker, executor, parent_id: str | None, *, data_root, allow_unverified, rerun,
-                   progress, system_metrics=False):
+def worker_context(suite: Suite, tracker, executor, parent_id: str | None, o: RunOptions):
     """What every task needs, explicit: remote workers do not inherit this process's environment."""
     from bench.claims import FileClaims
     from bench.provenance import code_digest
@@ -144,6 +144,7 @@ def worker_context(suite: Suite, tracker, executor, parent_id: str | None, *, da
 
     claims = tracker.claims
     remote = executor.remote
+    data_root, allow_unverified = o.data_root, o.allow_unverified
     if remote:  # the driver's data policy and folder travel with the task; the folder may not exist there
         allow_unverified = D.allow_unverified_default() if allow_unverified is None else allow_unverified
         data_root = str(D.data_dir(data_root)) if (data_root or os.environ.get("BENCH_DATA_DIR")) else None
@@ -152,13 +153,13 @@ def worker_context(suite: Suite, tracker, executor, parent_id: str | None, *, da
         code_digest=code_digest(), reuse=tuple(tracker.reuse_names), plugins=tuple(suite.doc.get("plugins") or ()),
         parent_run_id=parent_id,
         claims_uri=str(claims.lock_dir) if isinstance(claims, FileClaims) else getattr(claims, "dsn", None),
-        data_dir=data_root, data_dir_is_hint=remote, allow_unverified=allow_unverified, rerun=rerun,
-        progress=progress and not remote, shift=bool(suite.doc.get("shift")), executor=executor.name,
-        http_env=tuple(sorted(http_retry_env().items())), system_metrics=system_metrics,
+        data_dir=data_root, data_dir_is_hint=remote, allow_unverified=allow_unverified, rerun=o.rerun,
+        progress=o.progress and not remote, shift=bool(suite.doc.get("shift")), executor=executor.name,
+        http_env=tuple(sorted(http_retry_env().items())), system_metrics=o.system_metrics,
     )
 
 
-def execute_plan(suite: Suite, plan, tracker, executor, n_cells: int, **ctx_options) -> tuple[Summary, str]:
+def execute_plan(suite: Suite, plan, tracker, executor, n_cells: int, o: RunOptions) -> tuple[Summary, str]:
     """Open the parent run, let ``executor`` run ``plan``, close the parent; returns (summary, parent run id)."""
     summary = Summary(suite.name)
     log.info("suite %s: %d cells selected, %d task(s) to run, unfinished source cells included (experiment '%s', "
@@ -168,7 +169,7 @@ def execute_plan(suite: Suite, plan, tracker, executor, n_cells: int, **ctx_opti
     parent = tracker.start_parent(suite.name, {"bench_suite_file": str(suite.path), "bench_cells": n_cells})
     status = "FINISHED"
     try:
-        ctx = worker_context(suite, tracker, executor, parent.run_id, **ctx_options)
+        ctx = worker_context(suite, tracker, executor, parent.run_id, o)
         for res in executor.run(plan, ctx, tracker):
             if res.status == "claimed":
                 summary.claimed += 1
@@ -220,44 +221,72 @@ def make_executor(executor, address, max_concurrent, dry: bool, jobs: int | None
     return None if dry else factory(**options)
 
 
-def run_suite(name: str, *, rerun=False, only=(), max_cells=None, dry=False, data_root=None, allow_unverified=None,
-              experiment=None, progress=True, leaderboard=True, executor="local", address=None, max_concurrent=None,
-              checkpoints=None, workers=None, gpus_per_worker=None, cpus_per_worker=None, system_metrics=False,
-              pilot=None, jobs=None):
-    """Run (or with ``dry`` plan) suite ``name``; ``executor`` is a name in ``bench.executors.EXECUTORS``
-    or an :class:`~bench.executors.Executor` (connected or not)."""
+@dataclass(frozen=True)
+class RunOptions:
+    """How to run a suite: built once (by the CLI, or from keywords) and read by everything below."""
+
+    rerun: bool = False
+    only: tuple = ()  # KEY=VALUE filters (--only)
+    max_cells: int | None = None
+    dry: bool = False
+    data_root: str | None = None
+    allow_unverified: bool | None = None
+    experiment: str | None = None
+    progress: bool = True
+    leaderboard: bool = True
+    executor: object = "local"  # a name in bench.executors.EXECUTORS, or an Executor instance
+    address: str | None = None  # ray
+    max_concurrent: int | None = None  # ray
+    jobs: int | None = None  # local: cells at once in worker processes (bench.executors.pool)
+    checkpoints: str | None = None
+    workers: int | None = None  # dry run: the cluster to plan for
+    gpus_per_worker: int | None = None
+    cpus_per_worker: float | None = None
+    system_metrics: bool = False
+    pilot: str | None = None  # dry run: the suite whose runs give the power line's SD
+
+
+def run_suite(name: str, options: RunOptions | None = None, **fields):
+    """Run (or with ``options.dry`` plan) suite ``name``. ``fields`` are :class:`RunOptions` fields,
+    for callers without an options value (tests, notebooks); they override ``options``."""
+    o = dataclasses.replace(options or RunOptions(), **fields)
+    return _run(name, o)
+
+
+def _run(name: str, o: RunOptions):
     from bench.executors.plan import build_plan, checkpoint_policy, needed_sources
     from bench.executors.resources import check_requests, parse_resources
     from bench.tracking import Tracker  # the driver depends on tracking, never the reverse
 
+    rerun, dry, data_root, allow_unverified = o.rerun, o.dry, o.data_root, o.allow_unverified
     suite = load_suite(name)
-    filters = parse_only(tuple(only))
+    filters = parse_only(tuple(o.only))
     all_cells = suite.cells(data_fingerprint(data_root))
     cells = select(all_cells, filters)
-    if max_cells is not None:
-        if max_cells < 1:
+    if o.max_cells is not None:
+        if o.max_cells < 1:
             raise ConfigError("--max-cells must be >= 1")
-        cells = cells[:max_cells]
+        cells = cells[:o.max_cells]
     policy = parse_resources(suite.doc.get("resources"), suite.path)
-    keep = checkpoint_policy(checkpoints or suite.doc.get("checkpoints"),
-                             "--checkpoints" if checkpoints else f"{suite.path}: checkpoints")
-    ex = make_executor(executor, address, max_concurrent, dry, jobs)
-    tracker = Tracker(experiment or suite.experiment, reuse=suite.reuse, executor=ex.name if ex else executor,
-                      description=experiment_description(suite), system_metrics=system_metrics)
+    keep = checkpoint_policy(o.checkpoints or suite.doc.get("checkpoints"),
+                             "--checkpoints" if o.checkpoints else f"{suite.path}: checkpoints")
+    ex = make_executor(o.executor, o.address, o.max_concurrent, dry, o.jobs)
+    tracker = Tracker(o.experiment or suite.experiment, reuse=suite.reuse, executor=ex.name if ex else o.executor,
+                      description=experiment_description(suite), system_metrics=o.system_metrics)
     tracker.mark_stale()
     finished = tracker.finished_cells()
     if dry:
-        plan_for = _workers(workers, gpus_per_worker, cpus_per_worker)
+        plan_for = _workers(o.workers, o.gpus_per_worker, o.cpus_per_worker)
         plan = build_plan(suite, cells, finished, rerun=rerun, policy=policy,
                           cluster_has_gpus=bool(plan_for and plan_for.gpus), checkpoints=keep, all_cells=all_cells)
         note = ""
-        if plan_for and cpus_per_worker is None:
+        if plan_for and o.cpus_per_worker is None:
             from bench.executors.planning import hold_largest_request
 
             plan_for, note = hold_largest_request(plan, plan_for)
         return (dry_run(suite, cells, finished) + "\n" + note
-                + plan_report(plan, tracker, suite, needed_sources(suite, all_cells), plan_for, max_concurrent)
-                + power_report(suite, all_cells, pilot))
+                + plan_report(plan, tracker, suite, needed_sources(suite, all_cells), plan_for, o.max_concurrent)
+                + power_report(suite, all_cells, o.pilot))
     if suite.doc.get("shift"):  # score each selected model on corrupted test sets after its clean test
         from bench.shift.scoring import require_backends
 
@@ -274,9 +303,7 @@ def run_suite(name: str, *, rerun=False, only=(), max_cells=None, dry=False, dat
             log.info("checkpoints: needed -- model.pt only for the %d cell(s) another cell starts from; `bench shift` "
                      "cannot re-score the others", sum(p.task.save_checkpoint for p in plan.items))
         log.info("runs table: %s", tracker.ui_url())
-        summary, parent_id = execute_plan(suite, plan, tracker, ex, len(cells), data_root=data_root,
-                                          allow_unverified=allow_unverified, rerun=rerun, progress=progress,
-                                          system_metrics=system_metrics)
+        summary, parent_id = execute_plan(suite, plan, tracker, ex, len(cells), o)
         planned = {p.cell_id for p in plan.items}
         summary.skipped += sum(c.cell_id not in planned for c in cells)
         if ex.remote:  # runs of workers that died for good (retries used up) must not stay RUNNING
@@ -286,7 +313,7 @@ def run_suite(name: str, *, rerun=False, only=(), max_cells=None, dry=False, dat
 
         n = build_ensembles(tracker, suite.name, cells, parent_id, data_root, allow_unverified)
         log.info("suite %s: %d seed ensemble(s) logged", suite.name, n)
-    if leaderboard:
+    if o.leaderboard:
         try:
             from leaderboard.build import build_leaderboard
 
