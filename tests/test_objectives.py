@@ -50,7 +50,10 @@ def test_every_objective_builds_and_takes_a_step(name, multilabel):
     loss.backward()
     recipe.optimizer.step()
     assert any(not torch.equal(b, p) for b, p in zip(before, model.parameters()))
+    lr = recipe.optimizer.param_groups[0]["lr"]
+    assert 2 in milestones(ctx.epochs, params.decay_epochs)
     recipe.end_epoch(2)  # a decay epoch: exercises update_regularizer / LR division
+    assert recipe.optimizer.param_groups[0]["lr"] == pytest.approx(lr / params.decay_factor)
 
 
 def test_lr_decays_at_milestones():

@@ -160,20 +160,28 @@ def test_same_bytes_across_processes_writing_one_cache(real_dir, tmp_path):
 def test_every_2d_corruption_and_severity_keeps_shape(flag):
     images = synthetic((28, 28), n=3)
     for name in corruption_names(flag):
+        dist = []
         for severity in range(1, 6):
             out = build_corrupted(flag, images, name, severity)
             assert out.shape == images.shape and out.dtype == np.uint8, (name, severity)
+            dist.append(np.abs(out.astype(float) - images).mean())
+        # an identity "corruption" would pass the checks above: the image must move, more at 5 than at 1
+        assert dist[0] > 0 and dist[4] > dist[0], (name, dist)
 
 
 @needs_torchio
 def test_every_3d_corruption_and_severity_keeps_shape():
-    volumes = synthetic((28, 28, 28), n=2)
+    # smooth intensity blobs: on uniform noise, motion's ghosts move a volume less at severity 5 than at 1
+    g = np.mgrid[:28, :28, :28].astype(float) - 13.5
+    volumes = np.stack([(255 * np.exp(-(g ** 2).sum(0) / (2 * s ** 2))).astype(np.uint8) for s in (5, 7)])
     assert corruption_names("nodulemnist3d") == list(torchio3d.specs())
     for name in corruption_names("nodulemnist3d"):
+        dist = []
         for severity in range(1, 6):
             out = build_corrupted("nodulemnist3d", volumes, name, severity)
             assert out.shape == volumes.shape and out.dtype == np.uint8, (name, severity)
-            assert not np.array_equal(out, volumes), (name, severity)
+            dist.append(np.abs(out.astype(float) - volumes).mean())
+        assert dist[0] > 0 and dist[4] > dist[0], (name, dist)
 
 
 @needs_torchio

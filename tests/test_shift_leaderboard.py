@@ -89,9 +89,24 @@ def test_severity_curves_name_what_varies(runs):
     assert set(L.severity_curves(both, "breastmnist")["line"]) >= {"ce, aug off", "ce, aug on"}
 
 
-def test_severity_chart_writes_png(runs, tmp_path):
+def test_severity_chart_plots_the_severity_curves(runs, tmp_path, monkeypatch):
+    """The chart draws exactly the curves the table reports: one line per group, severity 0-5."""
+    drawn = {}
+
+    def capture(fig, ax, path):
+        for bars in ax.containers:  # one ErrorbarContainer per curve; lines[0] is its data line
+            line = bars.lines[0]
+            drawn[bars.get_label()] = (list(line.get_xdata()), list(line.get_ydata()))
+        save(fig, ax, path)
+
+    save = L.save_chart
+    monkeypatch.setattr(L, "save_chart", capture)
     path = tmp_path / "shift.png"
     L.severity_chart(runs, "breastmnist", path)
+    curves = L.severity_curves(runs, "breastmnist")
+    assert drawn and set(drawn) == set(curves["line"])
+    for label, c in curves.groupby("line"):
+        assert drawn[label][0] == list(range(6)) and drawn[label][1] == pytest.approx(list(c["mean"]))
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

@@ -99,6 +99,37 @@ def test_swa_averages_only_the_final_share_of_epochs(breast):
     assert s[3] != p[3]  # epoch 4: the average of epochs 3 and 4 (BatchNorm recomputed) is what gets scored
 
 
+def test_swa_scores_the_mean_of_the_final_epochs_weights(breast, monkeypatch):
+    """What SWA scores at epoch 4 of 4 (share 0.5) is the mean of the raw weights after epochs 3
+    and 4 -- not of other epochs -- with BatchNorm statistics recomputed, not averaged."""
+    import bench.train as T
+
+    data, proto = breast
+    seen = []
+
+    made = []
+
+    class Recording(T.AveragedModel):
+        def __init__(self, *a, **k):
+            super().__init__(*a, **k)
+            made.append(self)
+
+        def update_parameters(self, model):
+            seen.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+            super().update_parameters(model)
+
+    monkeypatch.setattr(T, "AveragedModel", Recording)
+    res = _fit(_cell("breastmnist", "ce", "resnet18_28", aug=False, epochs=4, precision="fp32", swa=0.5), data, proto)
+    assert len(seen) == 2  # epochs 3 and 4 only
+    avg = made[0].module.state_dict()
+    for k, v in avg.items():
+        if v.is_floating_point() and "running" not in k:
+            assert torch.allclose(v, (seen[0][k] + seen[1][k]) / 2, atol=1e-6), k
+    bn = next(k for k in avg if k.endswith("running_mean"))
+    assert not torch.allclose(avg[bn], (seen[0][bn] + seen[1][bn]) / 2)  # recomputed from data
+    assert res.best_epoch in (1, 2, 3, 4)
+
+
 def test_tta_averages_the_flipped_views(breast):
     data, proto = breast
     model = create_model("resnet18_28", 1, 1)
