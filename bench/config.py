@@ -312,7 +312,7 @@ SCHEMA: dict = {
     "datasets": ANY,  # validated per dataset below
     "analysis": ANY,  # roles, controls and endpoints: validated by bench.analysis
     "resources": ANY,  # executor resources per cell (bench.executors.resources)
-    "checkpoints": str,  # all | needed: which runs keep model.pt (bench.executors.plan)
+    "checkpoints": str,  # all | needed: which runs keep model.pt (bench.executors.graph)
 }
 DATASET_SCHEMA = {"model": str, "size": int, "train": SCHEMA["train"], "finetune": SCHEMA["finetune"],
                   "objectives": ANY, "recipes": ANY}

@@ -3,10 +3,10 @@
 Resumable by construction: a cell whose ``bench_cell_id`` has a FINISHED run in the
 suite's experiment is left out of the plan (one filtered query at start), and the worker
 re-checks after claiming the cell, so an interrupted suite is finished by running the same
-command again. The driver builds the plan (``bench.executors.plan``: the cells to run, and
+command again. The driver builds the plan (``bench.executors.graph``: the cells to run, and
 for two-stage cells the dependency on their source cell), opens the parent run, and hands
 the plan to an executor (``bench.executors``: ``local`` in this process, ``ray`` on a
-cluster); every executor runs a cell with the same code, ``bench.worker.run_task``.
+cluster); every executor runs a cell with the same code, ``bench.executors.worker.run_task``.
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from tabulate import tabulate
 from bench import data as D
 from bench.config import Cell, Suite, load_suite
 from bench.errors import ConfigError
-from bench.executors.timing import CPU_SPEED, estimate_seconds  # noqa: F401  (re-exported: estimates live there)
+from bench.executors.estimate import estimate_seconds
 from bench.registry import did_you_mean
 
 log = logging.getLogger(__name__)
@@ -140,7 +140,7 @@ def worker_context(suite: Suite, tracker, executor, parent_id: str | None, o: Ru
     from bench.claims import FileClaims
     from bench.provenance import code_digest
     from bench.tracking import http_retry_env
-    from bench.worker import WorkerContext
+    from bench.executors.worker import WorkerContext
 
     claims = tracker.claims
     remote = executor.remote
@@ -192,8 +192,8 @@ def execute_plan(suite: Suite, plan, tracker, executor, n_cells: int, o: RunOpti
 
 
 def plan_report(plan, tracker, suite: Suite, keep: set[str], workers, max_concurrent) -> str:
-    """The dry run's storage line, and with ``workers`` the makespan plan (bench.executors.planning)."""
-    from bench.executors.planning import makespan_report, storage_report
+    """The dry run's storage line, and with ``workers`` the makespan plan (bench.executors.simulate)."""
+    from bench.executors.simulate import makespan_report, storage_report
 
     text = storage_report(plan, keep)
     if workers is not None:
@@ -254,7 +254,7 @@ def run_suite(name: str, options: RunOptions | None = None, **fields):
 
 
 def _run(name: str, o: RunOptions):
-    from bench.executors.plan import build_plan, checkpoint_policy, needed_sources
+    from bench.executors.graph import build_plan, checkpoint_policy, needed_sources
     from bench.executors.resources import check_requests, parse_resources
     from bench.tracking import Tracker  # the driver depends on tracking, never the reverse
 
@@ -281,7 +281,7 @@ def _run(name: str, o: RunOptions):
                           cluster_has_gpus=bool(plan_for and plan_for.gpus), checkpoints=keep, all_cells=all_cells)
         note = ""
         if plan_for and o.cpus_per_worker is None:
-            from bench.executors.planning import hold_largest_request
+            from bench.executors.simulate import hold_largest_request
 
             plan_for, note = hold_largest_request(plan, plan_for)
         return (dry_run(suite, cells, finished) + "\n" + note
@@ -325,7 +325,7 @@ def _run(name: str, o: RunOptions):
 
 def _workers(n, gpus, cpus):
     """The cluster a dry run plans for (``--workers``), or None (no makespan plan)."""
-    from bench.executors.planning import Workers
+    from bench.executors.simulate import Workers
 
     if n is None and gpus is None and cpus is None:
         return None

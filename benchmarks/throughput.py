@@ -2,7 +2,7 @@
 
     python benchmarks/throughput.py [--models resnet18_28,resnet18_3d_s2] [--seconds 8]
 
-Numbers feed the time estimates in bench/driver.py (CPU_SPEED) and the suite headers.
+Numbers feed the time estimates in bench/executors/estimate.py (CPU_SPEED) and the suite headers.
 """
 from __future__ import annotations
 

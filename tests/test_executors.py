@@ -13,11 +13,11 @@ from bench.cli import main
 from bench.config import load_suite
 from bench.errors import ConfigError
 from bench.executors import Cluster, get_executor
-from bench.executors.plan import Plan, PlannedCell, Schedule, build_plan, checkpoint_policy
-from bench.executors.planning import Workers, checkpoint_bytes, simulate
+from bench.executors.graph import Plan, PlannedCell, Schedule, build_plan, checkpoint_policy
+from bench.executors.simulate import Workers, checkpoint_bytes, simulate
 from bench.executors.ray_executor import parse_address, resolve_auto
 from bench.executors.resources import DEFAULTS, Resources, check_requests, parse_resources, size_class
-from bench.worker import CellTask
+from bench.executors.worker import CellTask
 from tests.conftest import REPO
 from tests.test_cli import assert_one_line_error, no_running_runs
 

@@ -1,4 +1,4 @@
-"""bench.worker: the checks a worker makes before training, and what it records when one fails."""
+"""bench.executors.worker: the checks a worker makes before training, and what it records when one fails."""
 import dataclasses
 import threading
 import time
@@ -10,7 +10,7 @@ from bench.config import load_suite, source_cell
 from bench.driver import data_fingerprint
 from bench.provenance import code_digest
 from bench.tracking import Tracker
-from bench.worker import CellTask, WorkerContext, data_root, run_task
+from bench.executors.worker import CellTask, WorkerContext, data_root, run_task
 
 SUITE = """
 include: _base.yaml

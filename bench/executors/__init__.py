@@ -1,7 +1,7 @@
 """Executors: who runs the cells of a plan, and where.
 
-Data flows one way: suite YAML -> cells -> :class:`~bench.executors.plan.Plan` (driver) ->
-executor -> :func:`bench.worker.run_task` (data -> fit -> score, in ``bench.runner``) ->
+Data flows one way: suite YAML -> cells -> :class:`~bench.executors.graph.Plan` (driver) ->
+executor -> :func:`bench.executors.worker.run_task` (data -> fit -> score, in ``bench.runner``) ->
 tracking -> leaderboard. An executor only decides *where and when* a task runs; what a task
 does is the worker's, identical for every executor.
 
@@ -17,7 +17,7 @@ The interface, in the order the driver calls it:
 2. ``cluster()`` -> :class:`Cluster`: what resource requests are checked against, and
    ``check_store(tracker)``: whether the tasks can reach the tracking store and artifacts.
 3. ``run(plan, ctx, tracker)`` yields one :class:`bench.runner.CellResult` per planned cell,
-   as they end (``ctx``: :class:`bench.worker.WorkerContext`; ``tracker`` is used by
+   as they end (``ctx``: :class:`bench.executors.worker.WorkerContext`; ``tracker`` is used by
    in-process executors, remote tasks open their own from ``ctx``).
 4. ``close()`` (executors are context managers).
 

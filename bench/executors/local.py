@@ -10,9 +10,9 @@ import time
 from typing import Iterator
 
 from bench.executors import Cluster, Executor, local_cluster
-from bench.executors.plan import Plan, Schedule
-from bench.executors.timing import estimate_seconds
-from bench.worker import run_task
+from bench.executors.graph import Plan, Schedule
+from bench.executors.estimate import estimate_seconds
+from bench.executors.worker import run_task
 
 log = logging.getLogger("bench.driver")
 

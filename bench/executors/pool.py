@@ -2,7 +2,7 @@
 
 For the researcher with one workstation (1-4 GPUs, no cluster): the plan's task graph is
 honoured exactly as the Ray executor honours it (a fine-tune starts when its source has ended,
-``bench.executors.plan.Schedule``), and each cell asks for the resources the suite declares
+``bench.executors.graph.Schedule``), and each cell asks for the resources the suite declares
 (``resources:``, ``bench.executors.resources``) -- the same requests Ray schedules with:
 
 * GPUs: a cell asking for a fraction of a GPU is packed onto the GPU with the most free
@@ -13,7 +13,7 @@ honoured exactly as the Ray executor honours it (a fine-tune starts when its sou
   other cells run beside it (CPU float reductions depend on the thread count).
 
 Every cell runs in a fresh spawned process (CUDA state and torch threads never leak from one
-cell into the next) through :func:`bench.worker.pool_entry`, the same task body as a Ray
+cell into the next) through :func:`bench.executors.worker.pool_entry`, the same task body as a Ray
 worker. Claims are the store's usual ones (file locks next to SQLite, or PostgreSQL), so a
 second driver on the same store shares the work as with the sequential executor.
 """
@@ -27,7 +27,7 @@ from typing import Iterator
 
 from bench.errors import ConfigError
 from bench.executors import Cluster, Executor
-from bench.executors.plan import Plan, Schedule
+from bench.executors.graph import Plan, Schedule
 from bench.runner import CellResult
 
 log = logging.getLogger("bench.driver")
@@ -103,7 +103,7 @@ class PoolExecutor(Executor):
         return self._cluster
 
     def run(self, plan: Plan, ctx, tracker) -> Iterator[CellResult]:
-        from bench.worker import pool_entry
+        from bench.executors.worker import pool_entry
 
         cluster = self.cluster()
         slots = Slots(cluster.cpus, int(cluster.gpus))

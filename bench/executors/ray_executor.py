@@ -7,10 +7,10 @@
 * Before connecting, the address is parsed and its port probed (3 s): a typo or a cluster
   that is down is one line within seconds, before anything is recorded.
 * Loopback clusters (every node on 127.0.0.1, the throw-away one included) get
-  ``bench.raysafe``'s settings; they must be in the environment before ``import ray``,
+  ``bench.executors.raysafe``'s settings; they must be in the environment before ``import ray``,
   which is why Ray is imported here, in :meth:`RayExecutor.connect`, and nowhere else.
-* Tasks: ``bench.worker.ray_entry`` with the task's CPUs/GPUs; a dependent is submitted
-  when its source has ended (``bench.executors.plan.Schedule``), so a failed source still
+* Tasks: ``bench.executors.worker.ray_entry`` with the task's CPUs/GPUs; a dependent is submitted
+  when its source has ended (``bench.executors.graph.Schedule``), so a failed source still
   gives its dependents a FAILED run that names it. A worker killed mid-cell (``kill -9``,
   a lost node) is retried by Ray up to :data:`MAX_RETRIES` times; the retry claims the cell
   again and marks the dead run KILLED (``bench.tracking.Tracker.mark_dead_runs_of``).
@@ -33,8 +33,8 @@ from urllib.parse import urlsplit
 from bench.environ import temporary_environ
 from bench.errors import ConfigError, TrackingError
 from bench.executors import Cluster, Executor
-from bench.executors.plan import Plan, Schedule
-from bench.raysafe import import_ray, local_home
+from bench.executors.graph import Plan, Schedule
+from bench.executors.raysafe import import_ray, local_home
 from bench.runner import CellResult
 
 log = logging.getLogger("bench.driver")
@@ -176,7 +176,7 @@ class RayExecutor(Executor):
 
     def _start_local(self, ray) -> None:
         """A single-machine Ray on loopback, with a private temp folder and a HOME whose bootstrap
-        file stops the head's cloud-metadata probes (bench.raysafe); stopped by :meth:`close`."""
+        file stops the head's cloud-metadata probes (bench.executors.raysafe); stopped by :meth:`close`."""
         self._tmp = Path(tempfile.mkdtemp(prefix="bench-ray-", dir="/tmp"))  # short: Ray's socket paths are limited
         # the processes started now inherit HOME (the local-provider bootstrap config) and RAY_TMPDIR
         with temporary_environ({"HOME": str(local_home(self._tmp / "home")), "RAY_TMPDIR": str(self._tmp)}):
@@ -209,7 +209,7 @@ class RayExecutor(Executor):
 
     # ------------------------------------------------------------------ running
     def run(self, plan: Plan, ctx, tracker) -> Iterator[CellResult]:
-        from bench.worker import ray_entry
+        from bench.executors.worker import ray_entry
 
         ray = self.ray
         task_fn = ray.remote(ray_entry)

@@ -47,7 +47,7 @@ def mlflow_srv(pg, tmp_path_factory):
 @pytest.fixture(scope="module")
 def ray_cluster():
     """A loopback Ray head (1 CPU) plus one worker node (1 CPU): two nodes, two worker processes."""
-    if importlib.util.find_spec("ray") is None:  # not importorskip: ray must not be imported before bench.raysafe
+    if importlib.util.find_spec("ray") is None:  # not importorskip: ray must not be imported before bench.executors.raysafe
         pytest.skip("needs the ray extra: pip install -e '.[ray]'")
     with services.ray_head(num_cpus=1, worker_nodes=1) as cluster:
         yield cluster
@@ -56,7 +56,7 @@ def ray_cluster():
 @pytest.fixture(scope="module")
 def ray_driver(ray_cluster):
     """The ``ray`` module, connected to ``ray_cluster`` as a driver."""
-    from bench.raysafe import import_ray
+    from bench.executors.raysafe import import_ray
 
     ray = import_ray(loopback=True)
     ray.init(address=ray_cluster.address, logging_level=logging.WARNING, log_to_driver=False)

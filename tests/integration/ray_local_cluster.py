@@ -5,10 +5,10 @@ has registered, then blocks until SIGTERM.
 
 Why not ``ray start --head`` plus ``ray start --address``: a loopback-only cluster needs
 ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` (else Ray binds every interface and uses the
-machine's address, see ``bench.raysafe``), and with that setting ``ray start --address``
+machine's address, see ``bench.executors.raysafe``), and with that setting ``ray start --address``
 refuses to add a node ("Multi-node Ray clusters are not supported"). ``ray.cluster_utils``
 starts the same head and node processes as ``ray start`` without that check, and every
-port stays on 127.0.0.1. The caller must put ``bench.raysafe.safe_ray_env`` in our
+port stays on 127.0.0.1. The caller must put ``bench.executors.raysafe.safe_ray_env`` in our
 environment (it has to be there before ``import ray``).
 """
 from __future__ import annotations

@@ -7,7 +7,7 @@ temp folder until teardown; a start failure quotes their tail.
 
 Test modules that start Ray run again inside a fresh network namespace (loopback only)
 where that is possible (root, ``unshare``; :func:`run_isolated`): a second guarantee,
-besides ``bench.raysafe``, that nothing leaves the machine.
+besides ``bench.executors.raysafe``, that nothing leaves the machine.
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from bench.raysafe import local_home, safe_ray_env
+from bench.executors.raysafe import local_home, safe_ray_env
 
 log = logging.getLogger(__name__)
 

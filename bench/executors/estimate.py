@@ -1,7 +1,7 @@
 """How long a cell takes: estimates from measured throughput, or a group's measured runs.
 
 Estimates feed the ETA log lines, ``bench suite --dry-run`` and the makespan plan
-(``bench.executors.planning``).
+(``bench.executors.simulate``).
 """
 from __future__ import annotations
 

@@ -76,6 +76,6 @@ def import_ray(*, loopback: bool):
     except ImportError:
         raise ConfigError("the Ray executor needs Ray, which is not installed; pip install -e '.[ray]'") from None
     if already and loopback and ray_constants.ENABLE_RAY_CLUSTER:
-        raise RuntimeError("ray was imported before bench.raysafe.import_ray(loopback=True); "
+        raise RuntimeError("ray was imported before bench.executors.raysafe.import_ray(loopback=True); "
                            "its node address is then not 127.0.0.1 and drivers hang")
     return ray

@@ -3,7 +3,7 @@
 How long a suite takes on N workers, and how much artifact storage it needs -- before
 renting anything. Durations come from the suite's own history where it exists (the mean
 ``train_seconds`` of FINISHED runs of the same group, i.e. the same config but another
-seed or fold) and from ``bench.executors.timing`` estimates otherwise. The makespan is a
+seed or fold) and from ``bench.executors.estimate`` estimates otherwise. The makespan is a
 greedy list schedule (longest remaining chain first) of the task graph on the declared
 workers, packed by each cell's resource request; the report prints the critical path
 and the work bound beside it, so the schedule can be judged.
@@ -19,12 +19,12 @@ import math
 from dataclasses import dataclass, replace
 
 from bench import datasets as DS
-from bench.executors.plan import Plan, PlannedCell
+from bench.executors.graph import Plan, PlannedCell
 from bench.executors.resources import DEFAULTS, size_class
-from bench.executors.timing import estimate_parts
+from bench.executors.estimate import estimate_parts
 
 # ASSUMPTION (not measured; no GPU was available): speed of one cell on one data-centre GPU
-# (A10G/L4 class) relative to the 2-core reference CPU of bench.executors.timing. Small 28 px
+# (A10G/L4 class) relative to the 2-core reference CPU of bench.executors.estimate. Small 28 px
 # models are bound by per-step overheads, so they gain least; the paper's 3D model gains most.
 GPU_SPEEDUP = {"2d": 15.0, "2d_large": 30.0, "3d_light": 20.0, "3d": 60.0}
 REFERENCE_THREADS = 2  # the estimates and CPU measurements are for 2 threads

@@ -16,7 +16,7 @@ from bench.config import Cell, Suite, source_cell
 from bench.errors import ConfigError
 from bench.executors.resources import ResourcePolicy, Resources
 from bench.registry import did_you_mean
-from bench.worker import CellTask
+from bench.executors.worker import CellTask
 
 CHECKPOINT_POLICIES = {
     "all": "every cell keeps model.pt (bench shift and fine-tuning can use any run)",
