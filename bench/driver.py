@@ -125,7 +125,7 @@ def power_report(suite: Suite, cells: list[Cell], pilot: str | None) -> str:
     from leaderboard.power import power_line
 
     line = power_line(suite, cells, pilot)
-    return "\n" + (line.text() if line else "power: no pilot named (analysis.power.pilot or --pilot SUITE); "
+    return "\n" + ("power: " + line.text() if line else "power: no pilot named (analysis.power.pilot or --pilot SUITE); "
                                             "the minimum detectable Δ is not stated")
 
 

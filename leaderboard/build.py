@@ -101,8 +101,13 @@ def build_leaderboard(suite: str, *, out_dir=None, from_csv=None, experiment=Non
     if record is not None:
         extra += ["", "## Search record (selection on validation AUC, applied in code)", "", record]
         (out / f"{suite}-selection.md").write_text(record + "\n")
+    power = None
+    if analysis.power is not None and getattr(declared, "cells", None) is not None:
+        from leaderboard.power import power_line  # the line the dry run printed before the runs
+
+        power = power_line(declared, declared.cells(), None)
     found = findings.findings(suite, runs, agg, analysis, ref, collect.ensembles(export), scores, labels,
-                              sources) if analysis.has_findings() else ""
+                              sources, power) if analysis.has_findings() else ""
     if found:
         extra += ["", found]
         (out / f"{suite}-findings.md").write_text(found + "\n")

@@ -55,7 +55,7 @@ class PowerLine:
         return min_detectable(self.sd, self.n, self.alpha, self.power)
 
     def text(self) -> str:
-        return (f"power: primary endpoint ({self.endpoint}), n = {self.n} pairs; SD of paired differences "
+        return (f"primary endpoint ({self.endpoint}), n = {self.n} pairs; SD of paired differences "
                 f"{self.sd:.4f} from pilot `{self.pilot}` ({self.pilot_pairs} pairs of its primary endpoint); "
                 f"minimum detectable Δ at {self.power:.0%} power, two-sided α = {self.alpha:g} (paired t): "
                 f"{self.mdd:.4f} AUC (the exact Wilcoxon test needs ~5% more pairs for the same power)")
