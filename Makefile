@@ -16,7 +16,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 # medmnistc pins medmnist==3.0.1 / scikit-image==0.23.2, which our pins exclude: install it alone
 MEDMNISTC := medmnistc==0.1.0
 
-.PHONY: run test test-all ui clean-venv
+.PHONY: run test test-all ui bundle clean-venv
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -42,6 +42,10 @@ test-all: $(BIN)/.installed-test
 
 ui: $(BIN)/.installed
 	$(BIN)/bench ui
+
+# an air-gapped host's install: wheels for this Python/platform, the data with MD5s, an offline installer
+bundle: $(BIN)/.installed
+	scripts/bundle.sh $(BUNDLE)
 
 clean-venv:
 	rm -rf $(VENV)
