@@ -1,6 +1,6 @@
 """Train and eval throughput of the registered models, fp32 vs bf16 (not a test).
 
-    python benchmarks/throughput.py [--models resnet18_28,resnet18_3d_s2] [--seconds 8]
+    python benchmarks/throughput.py [--models resnet18_28,resnet18_3d_s2] [--seconds 8] [--device cuda]
 
 Numbers feed the time estimates in bench/executors/estimate.py (CPU_SPEED) and the suite headers.
 """
@@ -17,12 +17,13 @@ from bench.models import MODELS, create_model, model_info
 from bench.train import cpu_has_bf16, memory_format, to_memory_format
 
 
-def measure(name: str, bf16: bool, train: bool, batch: int, seconds: float, size: int = 28) -> float:
+def measure(name: str, bf16: bool, train: bool, batch: int, seconds: float, size: int = 28,
+            device: str = "cpu") -> float:
     dims = model_info(name).dims
     torch.manual_seed(0)
-    model = create_model(name, 1, 1)
-    x = torch.randn(batch, 1, *([size] * dims))
-    y = torch.randint(0, 2, (batch, 1)).float()
+    model = create_model(name, 1, 1).to(device)
+    x = torch.randn(batch, 1, *([size] * dims), device=device)
+    y = torch.randint(0, 2, (batch, 1), device=device).float()
     fmt = memory_format(dims)
     if bf16:
         model, x = to_memory_format(model, dims), x.contiguous(memory_format=fmt)
@@ -30,7 +31,7 @@ def measure(name: str, bf16: bool, train: bool, batch: int, seconds: float, size
     model.train(train)
 
     def step():
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16), torch.set_grad_enabled(train):
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16), torch.set_grad_enabled(train):
             out = model(x).float()
         if train:
             loss = F.binary_cross_entropy_with_logits(out, y)
@@ -38,11 +39,14 @@ def measure(name: str, bf16: bool, train: bool, batch: int, seconds: float, size
             loss.backward()
             opt.step()
 
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)  # time finished work, not queued work
     step()  # warm-up
+    sync()
     n, t0 = 0, time.perf_counter()
     while time.perf_counter() - t0 < seconds:
         step()
         n += batch
+    sync()
     return n / (time.perf_counter() - t0)
 
 
@@ -50,19 +54,22 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default=",".join(MODELS.names()))
     ap.add_argument("--seconds", type=float, default=8.0)
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     args = ap.parse_args()
     rows = []
-    precisions = [False, True] if cpu_has_bf16() else [False]
+    bf16_ok = torch.cuda.is_bf16_supported() if args.device == "cuda" else cpu_has_bf16()
+    precisions = [False, True] if bf16_ok else [False]
     for name in args.models.split(","):
         batch = 128 if model_info(name).dims == 2 else 16
         size = 64 if name == "resnet18" else 28  # the ImageNet-style ResNet is for MedMNIST+ sizes
         for bf16 in precisions:
-            tr = measure(name, bf16, True, batch, args.seconds, size)
-            ev = measure(name, bf16, False, batch * 4, args.seconds, size)
+            tr = measure(name, bf16, True, batch, args.seconds, size, args.device)
+            ev = measure(name, bf16, False, batch * 4, args.seconds, size, args.device)
             rows.append([name, size, "bf16" if bf16 else "fp32", batch, f"{tr:.1f}", f"{ev:.1f}"])
             print(tabulate([rows[-1]], tablefmt="plain"), flush=True)
     print()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    where = torch.cuda.get_device_name() if args.device == "cuda" else f"{torch.get_num_threads()} CPU threads"
+    print(f"torch {torch.__version__}, {where}")
     print(tabulate(rows, ["model", "px", "precision", "train batch", "train img/s", "eval img/s"]))
 
 
