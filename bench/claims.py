@@ -42,13 +42,14 @@ a claims URI falls back to per-machine files in ``~/.cache`` with a warning.
 from __future__ import annotations
 
 import abc
-import fcntl
 import hashlib
 import logging
 import os
 import socket
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
+
+import filelock
 
 from bench.errors import ConfigError, TrackingError
 
@@ -103,22 +104,24 @@ class Claims(abc.ABC):
 
 # ---------------------------------------------------------------------------- files
 class FileClaim(Claim):
-    def __init__(self, key: str, fd: int):
+    def __init__(self, key: str, lock: filelock.BaseFileLock):
         super().__init__(key)
-        self.fd: int | None = fd
+        self.lock: filelock.BaseFileLock | None = lock
 
     def release(self) -> None:
-        if self.fd is not None:
-            fcntl.flock(self.fd, fcntl.LOCK_UN)
-            os.close(self.fd)
-            self.fd = None
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
 
     def held(self) -> bool:
-        return self.fd is not None
+        return self.lock is not None and self.lock.is_locked
 
 
 class FileClaims(Claims):
-    """``flock`` on ``<lock_dir>/<key>.lock``: the semantics of ``bench.tracking.Lock``."""
+    """An exclusive lock on ``<lock_dir>/<key>.lock`` (``filelock``: ``flock`` on POSIX), taken
+    without waiting. The kernel drops it when the holder dies (``kill -9`` included), which is what
+    makes a RUNNING run with a free claim a dead process's. One lock object per claim, so a
+    second claim of the same key -- in this process too -- is refused."""
 
     def __init__(self, lock_dir: Path):
         self.lock_dir = Path(lock_dir)
@@ -130,13 +133,12 @@ class FileClaims(Claims):
     def claim(self, key: str) -> FileClaim | None:
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        lock = filelock.FileLock(path, mode=0o644, thread_local=False, is_singleton=False)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
+            lock.acquire(timeout=0)
+        except filelock.Timeout:
             return None
-        return FileClaim(key, fd)
+        return FileClaim(key, lock)
 
     def is_free(self, key: str) -> bool:
         if not self._path(key).exists():
