@@ -139,7 +139,7 @@ def cell(dataset, objective, model, aug, aug_value, seed, protocol, fold, epochs
 
     if protocol == "cv5" and fold is None:
         raise ConfigError("--protocol cv5 needs --fold 0-4")
-    over: dict = {"grid": {"dataset": [dataset], "objective": [objective], "aug": [aug], "seed": [seed],
+    over: dict = {"grid": {"dataset": [dataset], "recipe": [objective], "aug": [aug], "seed": [seed],
                            "protocol": [protocol]}, "train": {}}
     if epochs is not None:
         over["train"]["epochs"] = epochs

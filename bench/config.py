@@ -18,6 +18,7 @@ import dataclasses
 import hashlib
 import itertools
 import json
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +35,7 @@ from bench.models import MODELS, model_info
 from bench.objectives import OBJECTIVES
 from bench.registry import did_you_mean, unknown
 
+log = logging.getLogger(__name__)
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 PRECISIONS = ("auto", "bf16", "fp32")
 
@@ -203,12 +205,27 @@ def deep_merge(base: dict, over: dict) -> dict:
     return out
 
 
+def rename_grid_keys(doc: dict, path: Path) -> dict:
+    """The grid axis of recipe names is ``recipe:``. Files written before it was named so say
+    ``objective:`` (a misnomer: it held recipes, e.g. ``aucm_ft``); they load with one warning."""
+    blocks = [doc.get("grid")] + (doc.get("grids") if isinstance(doc.get("grids"), list) else [])
+    for i, block in enumerate(blocks):
+        if isinstance(block, dict) and "objective" in block:
+            where = "grid" if i == 0 else f"grids[{i - 1}]"
+            if "recipe" in block:
+                raise ConfigError(f"{path}: {where} has both 'recipe' and 'objective'; keep 'recipe' (the grid axis of "
+                                  f"recipe names)")
+            block["recipe"] = block.pop("objective")
+            log.warning("%s: %s.objective is deprecated: call the axis 'recipe' (it lists recipe names)", path, where)
+    return doc
+
+
 def load_merged(path: Path, _seen: tuple = ()) -> dict:
     """Load ``path`` with its ``include:`` chain merged in (cycles are errors)."""
     path = path.resolve()
     if path in _seen:
         raise ConfigError(f"{path}: include cycle ({' -> '.join(p.name for p in (*_seen, path))})")
-    doc = _load_yaml(path)
+    doc = rename_grid_keys(_load_yaml(path), path)
     includes = doc.pop("include", [])
     if isinstance(includes, str):
         includes = [includes]
@@ -302,7 +319,7 @@ SCHEMA: dict = {
     "plugins": list,  # modules or .py files that register objectives/models/datasets (bench.plugins)
     "size": int,  # image size in px for every dataset (default 28; MedMNIST+ has 64/128/224)
     "shift": bool,  # score each cell's selected model on corrupted test sets (bench.shift)
-    "grid": {"dataset": list, "objective": list, "aug": list, "seed": list, "protocol": list},
+    "grid": {"dataset": list, "recipe": list, "aug": list, "seed": list, "protocol": list},
     "grids": ANY,  # a list of partial grids, checked in expand
     "train": {f.name: f.type for f in dataclasses.fields(TrainConfig)},
     "finetune": {f.name: f.type for f in dataclasses.fields(TrainConfig)},  # train overrides of init_from recipes
@@ -399,7 +416,7 @@ def resolve_recipe(doc: dict, name: str, dataset: str, path: Path, _seen: tuple 
     elif name in OBJECTIVES:
         family, over, init_from, train, model = name, {}, None, (), None
     else:
-        raise unknown("objective or recipe", name, [*OBJECTIVES.names(), *recipes], where=f"{path}: grid.objective")
+        raise unknown("objective or recipe", name, [*OBJECTIVES.names(), *recipes], where=f"{path}: grid.recipe")
     cls = OBJECTIVES.get(family, where=f"{path}: recipes.{name}.objective")
     values = dict((doc.get("objectives") or {}).get(family, {}))
     values.update(((doc.get("datasets") or {}).get(dataset, {}).get("objectives") or {}).get(family, {}) or {})
@@ -548,7 +565,7 @@ def _expand_grid(doc: dict, path: Path, data_fingerprint) -> list[Cell]:
             raise unknown("protocol", v, PROTOCOLS, where=f"{path}: grid.protocol")
 
     datasets = _axis(doc, "dataset", path, is_dataset)
-    recipes = _axis(doc, "objective", path, lambda v: None)
+    recipes = _axis(doc, "recipe", path, lambda v: None)
     augs = list(dict.fromkeys(aug_name(a) for a in _axis(doc, "aug", path, is_aug)))
     seeds = _axis(doc, "seed", path, is_seed)
     protocols = _axis(doc, "protocol", path, is_protocol)

@@ -200,7 +200,7 @@ def test_grids_are_a_union_of_blocks_with_per_dataset_recipe_overrides(suites):
 
 
 @pytest.mark.parametrize("text,match", [
-    ("grids: [{dataset: [breastmnist], objectiv: [ce]}]", r"grids\[0\]\.objectiv'.*did you mean 'objective'"),
+    ("grids: [{dataset: [breastmnist], recip: [ce]}]", r"grids\[0\]\.recip'.*did you mean 'recipe'"),
     ("grids: []", "non-empty list"),
     ("datasets: {breastmnist: {recipes: {fx: {train: {epochs: 2}}}}}", "unknown recipe 'fx'.*did you mean 'ft'"),
     ("reuse: [smok]", "did you mean 'smoke'"),
@@ -210,3 +210,15 @@ def test_study_keys_are_validated(suites, text, match):
     suites("v", GOOD.replace("suite: t", "suite: v") + "recipes: {ft: {objective: aucm, init_from: ce}}\n" + text + "\n")
     with pytest.raises(ConfigError, match=match):
         load_suite("v").cells()
+
+
+def test_the_grid_axis_is_recipe_and_objective_is_a_deprecated_alias(suites, caplog):
+    suites("new", GOOD.replace("objective: [ce, aucm]", "recipe: [ce, aucm]"))
+    suites("old", GOOD.replace("suite: t", "suite: old"))
+    with caplog.at_level("WARNING"):
+        old = load_suite("old")
+    assert "grid.objective is deprecated: call the axis 'recipe'" in caplog.text
+    assert [c.cell_id for c in old.cells()] == [c.cell_id for c in load_suite("new").cells()]
+    suites("both", GOOD.replace("objective: [ce, aucm]", "objective: [ce], recipe: [aucm]"))
+    with pytest.raises(ConfigError, match=r"grid has both 'recipe' and 'objective'"):
+        load_suite("both")

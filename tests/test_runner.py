@@ -38,7 +38,7 @@ class FakeRun:
 
 def _cell(recipe="ce"):
     doc = deep_merge(base_config(), {
-        "grid": {"dataset": ["breastmnist"], "objective": [recipe], "aug": [True], "seed": [0], "protocol": ["official"]},
+        "grid": {"dataset": ["breastmnist"], "recipe": [recipe], "aug": [True], "seed": [0], "protocol": ["official"]},
         "train": {"epochs": 3, "batch_size": 16, "precision": "fp32"},
     })
     return expand(doc, suites_dir() / "_base.yaml", lambda f: "")[0]
@@ -90,7 +90,7 @@ def test_runs_record_the_positive_and_the_sampler_class(tmp_path, monkeypatch):
     assert data.positive_label == 1 and data.sampler_label == 0
     monkeypatch.setattr(D, "load", lambda *a, **k: data)
     run = FakeRun()
-    doc = deep_merge(base_config(), {"grid": {"dataset": ["pneumoniamnist"], "objective": ["ce"], "aug": [False],
+    doc = deep_merge(base_config(), {"grid": {"dataset": ["pneumoniamnist"], "recipe": ["ce"], "aug": [False],
                                                "seed": [0], "protocol": ["official"]}, "train": {"epochs": 1, "batch_size": 16}})
     runner.execute(expand(doc, suites_dir() / "_base.yaml", lambda f: "")[0], run, progress=False)
     assert run.tag_log["positive_label"] == 1 and run.tag_log["sampler_label"] == 0

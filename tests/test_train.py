@@ -12,7 +12,7 @@ from tests.conftest import make_npz
 
 def _cell(flag, objective, model, aug=True, **train):
     doc = deep_merge(base_config(), {
-        "grid": {"dataset": [flag], "objective": [objective], "aug": [aug], "seed": [0], "protocol": ["official"]},
+        "grid": {"dataset": [flag], "recipe": [objective], "aug": [aug], "seed": [0], "protocol": ["official"]},
         "train": {"epochs": 2, "batch_size": 16, **train}, "datasets": {flag: {"model": model, "train": {"batch_size": 16}}},
     })
     return expand(doc, suites_dir() / "_base.yaml", lambda f: "")[0]

@@ -161,7 +161,7 @@ def test_a_gated_fine_tune_reports_its_ungated_candidate(breast, monkeypatch):
 
     data, proto = breast
     doc = deep_merge(base_config(), {
-        "grid": {"dataset": ["breastmnist"], "objective": ["ce_ft"], "aug": [False], "seed": [0], "protocol": ["official"]},
+        "grid": {"dataset": ["breastmnist"], "recipe": ["ce_ft"], "aug": [False], "seed": [0], "protocol": ["official"]},
         "train": {"epochs": 1, "batch_size": 16, "precision": "fp32"}, "finetune": {"epochs": 3},
     })
     cell = expand(doc, suites_dir() / "_base.yaml", lambda f: "")[0]
