@@ -82,7 +82,7 @@ def test_study_recipes_run_on_datasets_without_local_data(synth_dir, suites, fla
 
     full = load_merged(Path(__file__).parents[2] / "suites" / "full.yaml")  # recipes may live in _base.yaml
     recipes = {name: spec for name, spec in full["recipes"].items()
-               if name in full["grid"]["objective"] and spec.get("init_from")}
+               if name in full["grid"]["recipe"] and spec.get("init_from")}
     assert recipes, "full declares no two-stage recipe"
     for r in recipes.values():
         r["train"] = {"epochs": 1}
