@@ -386,7 +386,7 @@ def validate(doc: dict, path: Path) -> None:
 
 
 def resolve_recipe(doc: dict, name: str, dataset: str, path: Path, _seen: tuple = ()) -> ResolvedRecipe:
-    """A grid 'objective' entry -> objective family + hyperparameters (+ init_from)."""
+    """A grid 'recipe' entry -> objective family + hyperparameters (+ init_from)."""
     recipes = doc.get("recipes") or {}
     per_dataset = ((doc.get("datasets") or {}).get(dataset) or {}).get("recipes") or {}
     for other in per_dataset:
