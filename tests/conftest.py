@@ -50,7 +50,14 @@ def isolated(tmp_path, monkeypatch):
     monkeypatch.delenv("BENCH_ARTIFACT_ROOT", raising=False)
     monkeypatch.delenv("BENCH_LOCK_DIR", raising=False)
     monkeypatch.delenv("BENCH_ALLOW_UNVERIFIED_DATA", raising=False)
+    # A plugin loaded by an earlier test enters this process's code digest; a worker process
+    # (--jobs, Ray) that never loaded it would then refuse the cell as "other code".
+    from bench import provenance
+
+    monkeypatch.setattr(provenance, "_extra_modules", [])
+    provenance.code_digest.cache_clear()
     yield
+    provenance.code_digest.cache_clear()
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ GOOD = """
 include: _base.yaml
 suite: t
 train: {epochs: 1}
-grid: {dataset: [breastmnist], objective: [ce, aucm], aug: [false, true], seed: [0, 1], protocol: [official]}
+grid: {dataset: [breastmnist], recipe: [ce, aucm], aug: [false, true], seed: [0, 1], protocol: [official]}
 """
 
 
@@ -178,9 +178,9 @@ datasets:
   adrenalmnist3d: {train: {epochs: 12}, recipes: {ft: {params: {margin: 0.6}, train: {epochs: 4}}}}
 grid: {aug: [false], seed: [0, 1], protocol: [official]}
 grids:
-  - {dataset: [breastmnist], objective: [ce, ft]}
-  - {dataset: [adrenalmnist3d], objective: [ce, ft2]}
-  - {dataset: [adrenalmnist3d], objective: [ce]}
+  - {dataset: [breastmnist], recipe: [ce, ft]}
+  - {dataset: [adrenalmnist3d], recipe: [ce, ft2]}
+  - {dataset: [adrenalmnist3d], recipe: [ce]}
 """
 
 
@@ -213,12 +213,12 @@ def test_study_keys_are_validated(suites, text, match):
 
 
 def test_the_grid_axis_is_recipe_and_objective_is_a_deprecated_alias(suites, caplog):
-    suites("new", GOOD.replace("objective: [ce, aucm]", "recipe: [ce, aucm]"))
-    suites("old", GOOD.replace("suite: t", "suite: old"))
+    suites("new", GOOD)
+    suites("old", GOOD.replace("suite: t", "suite: old").replace("recipe: [ce, aucm]", "objective: [ce, aucm]"))
     with caplog.at_level("WARNING"):
         old = load_suite("old")
     assert "grid.objective is deprecated: call the axis 'recipe'" in caplog.text
     assert [c.cell_id for c in old.cells()] == [c.cell_id for c in load_suite("new").cells()]
-    suites("both", GOOD.replace("objective: [ce, aucm]", "objective: [ce], recipe: [aucm]"))
+    suites("both", GOOD.replace("recipe: [ce, aucm]", "objective: [ce], recipe: [aucm]"))
     with pytest.raises(ConfigError, match=r"grid has both 'recipe' and 'objective'"):
         load_suite("both")

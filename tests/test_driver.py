@@ -10,7 +10,7 @@ SUITE = """
 include: _base.yaml
 suite: {name}
 train: {{epochs: 1, batch_size: 16}}
-grid: {{dataset: {datasets}, objective: {objectives}, aug: [false], seed: [0], protocol: [official]}}
+grid: {{dataset: {datasets}, recipe: {objectives}, aug: [false], seed: [0], protocol: [official]}}
 """
 
 
@@ -194,7 +194,7 @@ def test_dry_run_lists_cells_and_status(suites, synth_dir):
 
 
 def test_dry_run_shows_each_cells_augmentation_by_name(suites, synth_dir):
-    write(suites, extra="grids:\n  - {aug: [false]}\n  - {aug: [true], objective: [ce]}\n")
+    write(suites, extra="grids:\n  - {aug: [false]}\n  - {aug: [true], recipe: [ce]}\n")
     rows = [line.split() for line in run_suite("t", dry=True).splitlines() if "breastmnist" in line]
     assert sorted((r[2], r[4]) for r in rows) == [("aucm", "off"), ("ce", "off"), ("ce", "on")], rows
 

@@ -27,7 +27,7 @@ suite: {name}
 train: {{epochs: 1, batch_size: 16}}
 finetune: {{epochs: 1}}
 recipes: {{aucm_ft: {{objective: aucm, init_from: ce}}}}
-grid: {{dataset: [breastmnist], objective: {objectives}, aug: [false], seed: [0, 1], protocol: [official]}}
+grid: {{dataset: [breastmnist], recipe: {objectives}, aug: [false], seed: [0, 1], protocol: [official]}}
 """
 
 

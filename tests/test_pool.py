@@ -11,7 +11,7 @@ include: _base.yaml
 suite: t
 train: {epochs: 1, batch_size: 16, precision: fp32}
 finetune: {epochs: 1}
-grid: {dataset: [breastmnist], objective: [ce, ce_ft], aug: [false], seed: [0, 1], protocol: [official]}
+grid: {dataset: [breastmnist], recipe: [ce, ce_ft], aug: [false], seed: [0, 1], protocol: [official]}
 """
 
 

@@ -11,7 +11,7 @@ SUITE = """
 include: _base.yaml
 suite: prov
 train: {epochs: 1, batch_size: 16}
-grid: {dataset: [breastmnist], objective: [ce], aug: [false], seed: [0], protocol: [official]}
+grid: {dataset: [breastmnist], recipe: [ce], aug: [false], seed: [0], protocol: [official]}
 """
 
 

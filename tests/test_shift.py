@@ -397,7 +397,7 @@ def test_aug_medmnistc_cell_trains_on_corrupted_batches(synth_dir, suites):
     from bench.driver import run_suite
 
     suites("augc", "include: _base.yaml\nsuite: augc\ntrain: {epochs: 1, batch_size: 16}\n"
-                   "grid: {dataset: [breastmnist], objective: [ce], aug: [medmnistc], seed: [0], protocol: [official]}\n")
+                   "grid: {dataset: [breastmnist], recipe: [ce], aug: [medmnistc], seed: [0], protocol: [official]}\n")
     s = run_suite("augc", progress=False, leaderboard=False)
     assert s.failed == 0 and s.results[0].run_name == "breastmnist-ce-medmnistc-s0-official"
     x = torch.randint(0, 256, (3, 1, 28, 28), dtype=torch.uint8)
@@ -408,7 +408,7 @@ def test_aug_medmnistc_cell_trains_on_corrupted_batches(synth_dir, suites):
 
 def test_aug_medmnistc_is_refused_for_3d(suites):
     suites("aug3", "include: _base.yaml\nsuite: aug3\n"
-                   "grid: {dataset: [adrenalmnist3d], objective: [ce], aug: [medmnistc], seed: [0], protocol: [official]}\n")
+                   "grid: {dataset: [adrenalmnist3d], recipe: [ce], aug: [medmnistc], seed: [0], protocol: [official]}\n")
     from bench.config import load_suite
 
     with pytest.raises(ConfigError, match="exists for 2D datasets only"):

@@ -16,7 +16,7 @@ suite: {name}
 {extra}
 train: {{epochs: 1, batch_size: 16}}
 datasets: {{adrenalmnist3d: {{model: resnet18_3d_tiny, train: {{batch_size: 16}}}}}}
-grid: {{dataset: [{datasets}], objective: [ce], aug: [false], seed: [0, 1], protocol: [official]}}
+grid: {{dataset: [{datasets}], recipe: [ce], aug: [false], seed: [0, 1], protocol: [official]}}
 """
 
 

@@ -17,7 +17,7 @@ include: _base.yaml
 suite: t
 train: {epochs: 3}
 finetune: {epochs: 2}
-grid: {dataset: [breastmnist], objective: [ce, ce_ft, aucm_ft, ce_ft_dual, ce_ft_pesg], aug: [false], seed: [0, 1],
+grid: {dataset: [breastmnist], recipe: [ce, ce_ft, aucm_ft, ce_ft_dual, ce_ft_pesg], aug: [false], seed: [0, 1],
        protocol: [official]}
 """
 
@@ -39,7 +39,7 @@ def test_changing_the_source_changes_every_dependent_id(suites):
 
 
 def test_source_ids_are_recursive(suites):
-    suites("t", BASE.replace("objective: [ce,", "objective: [ce, ft2,") + """
+    suites("t", BASE.replace("recipe: [ce,", "recipe: [ce, ft2,") + """
 recipes:
   ft2: {objective: ce, init_from: ce_ft, params: {lr: 1.0e-5}}
 """)

@@ -18,7 +18,7 @@ suite: w
 train: {epochs: 1, batch_size: 16}
 finetune: {epochs: 1}
 recipes: {aucm_ft: {objective: aucm, init_from: ce}}
-grid: {dataset: [breastmnist], objective: [ce, aucm_ft], aug: [false], seed: [0], protocol: [official]}
+grid: {dataset: [breastmnist], recipe: [ce, aucm_ft], aug: [false], seed: [0], protocol: [official]}
 """
 
 

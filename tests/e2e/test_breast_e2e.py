@@ -31,7 +31,7 @@ def test_smoke_suite_on_real_breast(real_dir, monkeypatch, suites, tmp_path):
 include: _base.yaml
 suite: e2e
 train: {epochs: 1}
-grid: {dataset: [breastmnist], objective: [ce, aucm, ap, pauc, compauc], aug: [true], seed: [0], protocol: [official]}
+grid: {dataset: [breastmnist], recipe: [ce, aucm, ap, pauc, compauc], aug: [true], seed: [0], protocol: [official]}
 """)
     s = run_suite("e2e", progress=False, leaderboard=False)
     assert s.failed == 0 and s.counts()["finished"] == 5, [r.line() for r in s.results]
@@ -50,7 +50,7 @@ def test_same_cell_twice_gives_the_same_val_auc(real_dir, monkeypatch, suites):
 include: _base.yaml
 suite: rep
 train: {epochs: 1}
-grid: {dataset: [breastmnist], objective: [aucm], aug: [true], seed: [3], protocol: [cv5]}
+grid: {dataset: [breastmnist], recipe: [aucm], aug: [true], seed: [3], protocol: [cv5]}
 """)
     run_suite("rep", only=("fold=1",), progress=False, leaderboard=False)
     run_suite("rep", only=("fold=1",), rerun=True, progress=False, leaderboard=False)
@@ -67,7 +67,7 @@ def test_synthetic_official_layout_runs_a_cell(synth_dir, suites, flag, model, o
 include: _base.yaml
 suite: syn
 train: {{epochs: 1, batch_size: 16}}
-grid: {{dataset: [{flag}], objective: [{objective}], aug: [true], seed: [0], protocol: [official]}}
+grid: {{dataset: [{flag}], recipe: [{objective}], aug: [true], seed: [0], protocol: [official]}}
 """ + extra)
     s = run_suite("syn", progress=False, leaderboard=False)
     assert s.failed == 0 and s.counts()["finished"] == 1, [r.line() for r in s.results]
@@ -92,7 +92,7 @@ include: _base.yaml
 suite: synft
 train: {{epochs: 1, batch_size: 16}}
 recipes: {json.dumps(recipes)}
-grid: {{dataset: [{flag}], objective: [{', '.join(recipes)}], aug: [false], seed: [0], protocol: [official]}}
+grid: {{dataset: [{flag}], recipe: [{', '.join(recipes)}], aug: [false], seed: [0], protocol: [official]}}
 """ + extra)
     s = run_suite("synft", progress=False, leaderboard=False)
     c = s.counts()
@@ -111,7 +111,7 @@ def test_kill_9_then_resume(synth_dir, suites):
 include: _base.yaml
 suite: kill
 train: {epochs: 3, batch_size: 8}
-grid: {dataset: [breastmnist], objective: [ce, aucm, ap], aug: [false], seed: [0], protocol: [official]}
+grid: {dataset: [breastmnist], recipe: [ce, aucm, ap], aug: [false], seed: [0], protocol: [official]}
 """)
     from bench.tracking import Tracker
 
@@ -150,7 +150,7 @@ def test_two_invocations_at_once(synth_dir, suites):
 include: _base.yaml
 suite: twin
 train: {epochs: 2, batch_size: 8}
-grid: {dataset: [breastmnist], objective: [ce, aucm], aug: [false, true], seed: [0], protocol: [official]}
+grid: {dataset: [breastmnist], recipe: [ce, aucm], aug: [false, true], seed: [0], protocol: [official]}
 """)
     # create the store first so that the two processes do not both run its migrations
     from bench.tracking import Tracker
@@ -176,7 +176,7 @@ def test_real_breast_learns(real_dir, monkeypatch, suites, objective):
 include: _base.yaml
 suite: learn
 train: {{epochs: 20}}
-grid: {{dataset: [breastmnist], objective: [{objective}], aug: [false], seed: [0], protocol: [official]}}
+grid: {{dataset: [breastmnist], recipe: [{objective}], aug: [false], seed: [0], protocol: [official]}}
 """)
     s = run_suite("learn", progress=False, leaderboard=False)
     assert s.failed == 0
@@ -188,7 +188,7 @@ def test_sigterm_marks_the_running_cell_killed(synth_dir, suites):
 include: _base.yaml
 suite: term
 train: {epochs: 50, batch_size: 8}
-grid: {dataset: [breastmnist], objective: [ce], aug: [false], seed: [0], protocol: [official]}
+grid: {dataset: [breastmnist], recipe: [ce], aug: [false], seed: [0], protocol: [official]}
 """)
     proc = subprocess.Popen(_suite_cmd("term"), cwd=REPO, env=dict(os.environ), stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
@@ -224,7 +224,7 @@ suite: plus
 size: {size}
 models: {{3d: resnet18_3d_tiny}}
 train: {{epochs: 1, batch_size: 16}}
-grid: {{dataset: [{flag}], objective: [ce], aug: [true], seed: [0], protocol: [official]}}
+grid: {{dataset: [{flag}], recipe: [ce], aug: [true], seed: [0], protocol: [official]}}
 """)
     s = run_suite("plus", progress=False, leaderboard=False)
     assert s.failed == 0 and s.results[0].run_name == f"{flag}-{size}px-ce-aug-s0-official", [r.line() for r in s.results]

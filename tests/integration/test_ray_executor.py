@@ -34,7 +34,7 @@ suite: {name}
 train: {{epochs: {epochs}, batch_size: 16}}
 finetune: {{epochs: 1}}
 recipes: {{aucm_ft: {{objective: aucm, init_from: ce}}}}
-grid: {{dataset: {datasets}, objective: {objectives}, aug: {augs}, seed: [{seed}], protocol: [official]}}
+grid: {{dataset: {datasets}, recipe: {objectives}, aug: {augs}, seed: [{seed}], protocol: [official]}}
 """
 
 
