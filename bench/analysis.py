@@ -128,7 +128,7 @@ def _location(loc) -> str:
     return ".".join(str(p) for p in loc)
 
 
-def _one_line(exc: ValidationError, where: str, raw: dict) -> ConfigError:
+def _one_line(exc: ValidationError, where: str) -> ConfigError:
     # an unknown key explains a "missing" one next to it (a typo of a required key): report it first
     err = sorted(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")[0]
     loc = _location(err["loc"])
@@ -166,7 +166,7 @@ def parse(raw: dict | None, where: str = "analysis") -> Analysis:
     try:
         return Analysis.model_validate(raw or {})
     except ValidationError as exc:
-        raise _one_line(exc, where, raw or {}) from None
+        raise _one_line(exc, where) from None
 
 
 def check_names(a: Analysis, *, recipes: set[str], protocols: set[str], where: str) -> None:

@@ -133,6 +133,8 @@ def findings(suite: str, runs: pd.DataFrame, agg: pd.DataFrame, a: Analysis, ref
             if dam not in present or len(chain) < 2:
                 continue
             links = chain + [("loss", dam)]
+            # Reporting only: both candidates were fixed on validation during training (bench.train);
+            # their test AUCs are read here, never compared to choose anything.
             for metric, selection in (("test_auc", "gated"), ("ungated_test_auc", "ungated")):
                 cells = []
                 for (lower_step, lower), (upper_step, upper) in zip(links, links[1:]):
