@@ -41,15 +41,17 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict
 
+from bench.catalog import TEST_METRICS
+from bench import schema as S
 from bench.errors import ConfigError
 from bench.registry import did_you_mean
 
 DAM = "dam"  # the family name of the DAM treatments
 SELECTIONS = ("gated", "ungated")
 DECOMPOSITION = ("adam", "sampler", "optimizer")  # loosest control first
-PAIRED_METRICS = ("test_auc", "test_auprc", "test_f1", "test_acc", "test_acc_tuned", "test_f1_tuned")
+PAIRED_METRICS = tuple(TEST_METRICS)
 
 
 class _Strict(BaseModel):
@@ -124,49 +126,9 @@ class Analysis(_Strict):
         return bool(self.controls)
 
 
-def _location(loc) -> str:
-    return ".".join(str(p) for p in loc)
-
-
-def _one_line(exc: ValidationError, where: str) -> ConfigError:
-    # an unknown key explains a "missing" one next to it (a typo of a required key): report it first
-    err = sorted(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")[0]
-    loc = _location(err["loc"])
-    if err["type"] == "extra_forbidden":
-        parent = err["loc"][:-1]
-        key = str(err["loc"][-1])
-        model = _model_at(parent)
-        known = list(model.model_fields) if model else []
-        return ConfigError(f"{where}: unknown key 'analysis.{loc}'{did_you_mean(key, known)}; "
-                           f"known keys here: {', '.join(known)}")
-    if err["type"] == "missing":
-        return ConfigError(f"{where}: 'analysis.{loc}' is required")
-    return ConfigError(f"{where}: 'analysis.{loc}': {err['msg']} (got {err.get('input')!r})")
-
-
-def _model_at(loc) -> type[BaseModel] | None:
-    """The pydantic model that owns the keys at ``loc`` (for the did-you-mean list)."""
-    model: type[BaseModel] | None = Analysis
-    for part in loc:
-        if model is None:
-            return None
-        field = model.model_fields.get(str(part))
-        if field is None:  # a dict key (e.g. decompose.<recipe>)
-            continue
-        ann = field.annotation
-        model = next((a for a in getattr(ann, "__args__", (ann,)) if isinstance(a, type) and issubclass(a, BaseModel)),
-                     None)
-        if model is None and getattr(ann, "__args__", None):  # dict[str, Model]
-            model = next((a for a in ann.__args__ if isinstance(a, type) and issubclass(a, BaseModel)), None)
-    return model
-
-
 def parse(raw: dict | None, where: str = "analysis") -> Analysis:
     """The block's structure (keys and types); names are checked by :func:`check_names`."""
-    try:
-        return Analysis.model_validate(raw or {})
-    except ValidationError as exc:
-        raise _one_line(exc, where) from None
+    return S.check(Analysis, raw or {}, where, ("analysis",))
 
 
 def check_names(a: Analysis, *, recipes: set[str], protocols: set[str], where: str) -> None:

@@ -12,7 +12,8 @@ of a 28 px image and scale with the image size.
 
 Suites name an augmentation in ``grid.aug``: ``off`` (false), ``on`` (true) or ``medmnistc``
 (the standard augmentation plus a random MedMNIST-C corruption per image, for
-corruption-aware training; needs the ``shift`` extra). ``AUGMENTATIONS`` is a registry, so a
+corruption-aware training; needs the ``shift`` extra; the corruptions are :mod:`bench.corrupt`'s,
+the same that build the corrupted test sets). ``AUGMENTATIONS`` is a registry, so a
 plugin can add its own.
 """
 from __future__ import annotations
@@ -21,9 +22,12 @@ import math
 from dataclasses import dataclass
 from typing import Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
+from bench.corrupt import medmnistc_compat
+from bench.corrupt.corruptions import apply_each, corruption_set
 from bench.errors import ConfigError
 from bench.registry import Registry
 
@@ -86,8 +90,6 @@ def augment(x: torch.Tensor, is_3d: bool, g: torch.Generator) -> torch.Tensor:
 
 
 def _medmnistc_raw(x_uint8: torch.Tensor, rng, flag: str) -> torch.Tensor:
-    from bench.shift import medmnistc_augment  # optional extra; one-line error when missing
-
     return medmnistc_augment(flag, x_uint8, rng)
 
 
@@ -109,3 +111,35 @@ def aug_name(value, where: str = "") -> str:
         raise ConfigError(f"{where}: aug values are true, false or a name ({', '.join(AUGMENTATIONS.names())}), got {value!r}")
     AUGMENTATIONS.get(value, where=where)
     return value
+
+
+# AugMedMNIST-C: MedMNIST-C reports that training on its own corruptions improves robustness;
+# medmnistc ships that as ``AugMedMNISTC``: per image, one corruption of the dataset's registry or
+# the identity, chosen uniformly, at an intensity drawn uniformly between the corruption's
+# severity-1 and severity-5 parameters. We call that class as it is, one image at a time, with its
+# random draws taken from a seed that ``rng`` gives each image, so a batch is reproducible under
+# the caller's numpy Generator and nothing else's state moves. Upstream behaviour kept as is: in
+# augmentation mode medmnistc's impulse noise uses a fixed ``default_rng(99999)``, so its pixel
+# pattern is the same every time and only its amount varies.
+def medmnistc_augment(flag: str, images_uint8_batch, rng: np.random.Generator):
+    """A new uint8 batch (same shape and type): each image through one ``AugMedMNISTC`` draw.
+
+    Takes the npz layout ((N, H, W) or (N, H, W, C) numpy) or the training loop's channel-first
+    uint8 tensor ((N, C, H, W), what ``bench.augment`` passes) and returns the same kind.
+    ``flag`` must have a medmnistc corruption set (the 2D sets of ``sets.yaml``).
+    """
+    if isinstance(images_uint8_batch, torch.Tensor):  # channel-first batch of the training loop
+        x = images_uint8_batch.cpu()
+        npz = x[:, 0].numpy() if x.shape[1] == 1 else x.permute(0, 2, 3, 1).numpy()
+        out = torch.from_numpy(np.ascontiguousarray(medmnistc_augment(flag, npz, rng)))
+        return out.unsqueeze(1) if x.shape[1] == 1 else out.permute(0, 3, 1, 2).contiguous()
+    entry = corruption_set(flag)
+    if entry["backend"] != "medmnistc":
+        raise ConfigError(f"{flag}: aug 'medmnistc' needs a MedMNIST-C corruption set; this dataset's "
+                          f"corruptions come from {entry['backend']} (use it on a 2D dataset)")
+    images = np.asarray(images_uint8_batch)
+    if images.dtype != np.uint8:
+        raise ConfigError(f"{flag}: images to augment must be uint8, got {images.dtype}")
+    seeds = rng.integers(0, 2**32, size=len(images), dtype=np.uint64)
+    with medmnistc_compat.augmentation(entry["registry"]) as fn:
+        return apply_each(flag, "AugMedMNISTC", None, images, fn, seeds, where="batch image")

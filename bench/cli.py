@@ -131,49 +131,38 @@ def cell(dataset, objective, model, aug, aug_value, seed, protocol, fold, epochs
                   f"use --protocol cv5 --fold {fold}, or drop --fold")
     if aug_value is not None:
         aug = aug_value
-    from bench.config import base_config, deep_merge, expand, suites_dir, validate
-    from bench.driver import data_fingerprint
+    import tempfile
+
+    import yaml
+
+    from bench.driver import RunOptions, run_suite
     from bench.errors import ConfigError
-    from bench.runner import run_one
-    from bench.tracking import Tracker
 
     if protocol == "cv5" and fold is None:
         raise ConfigError("--protocol cv5 needs --fold 0-4")
-    over: dict = {"grid": {"dataset": [dataset], "recipe": [objective], "aug": [aug], "seed": [seed],
-                           "protocol": [protocol]}, "train": {}}
-    if epochs is not None:
-        over["train"]["epochs"] = epochs
-    if batch_size is not None:
-        over["train"]["batch_size"] = batch_size
-    if precision is not None:
-        over["train"]["precision"] = precision
+    # One cell is a one-cell suite: the same validation, claims, tracking and executor as `bench suite`.
+    doc: dict = {"suite": "cells", "include": "_base.yaml", "description": "a single cell run with `bench cell`",
+                 "grid": {"dataset": [dataset], "recipe": [objective], "aug": [aug], "seed": [seed],
+                          "protocol": [protocol]}}
+    train = {k: v for k, v in (("epochs", epochs), ("batch_size", batch_size), ("precision", precision)) if v is not None}
+    if train:
+        doc["train"] = train
     if model is not None:
-        over["datasets"] = {dataset: {"model": model}}
-    path = suites_dir() / "_base.yaml"
-    doc = deep_merge(base_config(), over)
-    validate(doc, path)
-    cells = expand(doc, path, data_fingerprint(data_dir))
-    if protocol == "cv5":
-        cells = [c for c in cells if c.fold == fold]
-    the_cell = cells[0]
-    if the_cell.init_from:
-        raise ConfigError("bench cell runs single-stage recipes; use a suite for init_from recipes")
-    tracker = Tracker(experiment, description="Single cells run with `bench cell` (one run each).",
-                      system_metrics=system_metrics)
-    tracker.mark_stale()
-    claim = tracker.claim(the_cell.cell_id)
-    if claim is None:
-        raise ConfigError(f"cell {the_cell.run_name} ({the_cell.cell_id}) is being run by another process")
-    try:
-        res = run_one(tracker, the_cell, "cells", None, claim, data_root=data_dir,
-                      allow_unverified=allow_unverified_data, progress=_progress(progress))
-    finally:
-        claim.release()
-    if res.status == "finished":
-        click.echo(res.line())
-        return
-    click.echo(f"error: {res.error}" if res.status == "failed" else res.line(), err=True)
-    sys.exit(1 if res.status == "failed" else 3)
+        doc["datasets"] = {dataset: {"model": model}}
+    options = RunOptions(rerun=True, only=(f"fold={fold}",) if protocol == "cv5" else (), data_root=data_dir,
+                         allow_unverified=allow_unverified_data, experiment=experiment, progress=_progress(progress),
+                         leaderboard=False, system_metrics=system_metrics)
+    with tempfile.TemporaryDirectory(prefix="bench-cell-") as tmp:
+        path = Path(tmp) / "cells.yaml"
+        path.write_text(yaml.safe_dump(doc, sort_keys=False))
+        out = run_suite(str(path), options)
+    for res in out.results:
+        ok = res.status in ("finished", "skipped")
+        click.echo(res.line() if ok or res.status != "failed" else f"error: {res.error}", err=not ok)
+    if out.failed:
+        sys.exit(1)
+    if any(r.status == "not_applicable" for r in out.results):
+        sys.exit(3)
 
 
 @main.command()
@@ -312,11 +301,12 @@ def list_() -> None:
     """Datasets, models and objectives."""
     from tabulate import tabulate
 
-    from bench.config import available_suites
+    from bench.catalog import model_info
     from bench.datasets import get_spec, names
-    from bench.models import MODELS, model_info
+    from bench.models import MODELS
     from bench.objectives import OBJECTIVES
     from bench.plugins import load_entry_points
+    from bench.suitefile import available_suites
 
     load_entry_points()
     rows = []
@@ -351,7 +341,8 @@ def leaderboard(suite_name, out_dir, from_csv, experiment, generated_at, readme,
     """Aggregate a suite's runs into leaderboard/<suite>.md (+ CSVs and charts)."""
     contradiction(bool(from_csv and experiment), "--from-csv and --experiment contradict each other: "
                   "a CSV export is not read from an MLflow experiment")
-    from bench.config import available_suites, load_suite
+    from bench.config import load_suite
+    from bench.suitefile import available_suites
     from leaderboard.build import build_leaderboard
 
     # a declared suite is read back by its cell ids (including cells reused from other suites);
@@ -382,7 +373,8 @@ def leaderboard(suite_name, out_dir, from_csv, experiment, generated_at, readme,
 @user_errors
 def export_runs_cmd(suite_name, out, with_checkpoints, experiment):
     """Write a suite's runs (params, tags, metric histories, prediction files) into one zip."""
-    from bench.config import available_suites, load_suite
+    from bench.config import load_suite
+    from bench.suitefile import available_suites
     from bench.tracking import export_runs
 
     is_file = suite_name.endswith((".yaml", ".yml"))

@@ -2,9 +2,9 @@
 
 A suite file may ``include:`` others (``_base.yaml`` holds every default once); included
 files are merged first, the including file overrides (dicts merge key by key, lists and
-scalars replace). The merged document is validated against :data:`SCHEMA`: an unknown
-key, dataset, objective, recipe or model, or a wrong type, is a :class:`ConfigError`
-naming the file, the key path and a did-you-mean.
+scalars replace). The merged document is validated against :class:`SuiteSchema` (pydantic)
+and the registries: an unknown key, dataset, objective, recipe or model, or a wrong type,
+is a one-line :class:`ConfigError` naming the file, the key path and a did-you-mean.
 
 A *cell* is one (dataset, recipe, model, aug, seed, protocol, fold) with everything
 resolved. Its id is a short sha256 of its canonical JSON plus the data fingerprint and
@@ -13,35 +13,32 @@ ids, and any change of hyperparameters gives new ones.
 """
 from __future__ import annotations
 
-import copy
 import dataclasses
 import hashlib
 import itertools
 import json
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-import yaml
+from pydantic import BaseModel, create_model
 
 from bench import __version__
 from bench import analysis as AN
 from bench import datasets as DS
-from bench.augment import AUGMENTATIONS, aug_name
+from bench import schema as S
+from bench.augment import aug_name
 from bench.data import N_FOLDS, PROTOCOLS
 from bench.errors import ConfigError
-from bench.models import MODELS, model_info
+from bench.catalog import model_info
+from bench.models import MODELS
 from bench.objectives import OBJECTIVES
 from bench.registry import did_you_mean, unknown
+from bench.suitefile import load_merged, suite_path, suites_dir
 
 log = logging.getLogger(__name__)
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
 PRECISIONS = ("auto", "bf16", "fp32")
-
-
-def suites_dir() -> Path:
-    return Path(os.environ.get("BENCH_SUITES_DIR", PROJECT_ROOT / "suites")).resolve()
 
 
 # --------------------------------------------------------------------------- resolved config
@@ -173,89 +170,6 @@ class Suite:
         return expand(self.doc, self.path, data_fingerprint)
 
 
-# --------------------------------------------------------------------------- loading
-
-
-def _load_yaml(path: Path) -> dict:
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read suite file ({exc.strerror})") from None
-    try:
-        doc = yaml.safe_load(text)  # safe: no python objects from a suite file
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ConfigError(f"{path}:{line}: invalid YAML ({problem})") from None
-    if doc is None:
-        doc = {}
-    if not isinstance(doc, dict):
-        raise ConfigError(f"{path}: a suite file must be a mapping of keys, got {type(doc).__name__}")
-    return doc
-
-
-def deep_merge(base: dict, over: dict) -> dict:
-    out = copy.deepcopy(base)
-    for k, v in over.items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = deep_merge(out[k], v)
-        else:
-            out[k] = copy.deepcopy(v)
-    return out
-
-
-def rename_grid_keys(doc: dict, path: Path) -> dict:
-    """The grid axis of recipe names is ``recipe:``. Files written before it was named so say
-    ``objective:`` (a misnomer: it held recipes, e.g. ``aucm_ft``); they load with one warning."""
-    blocks = [doc.get("grid")] + (doc.get("grids") if isinstance(doc.get("grids"), list) else [])
-    for i, block in enumerate(blocks):
-        if isinstance(block, dict) and "objective" in block:
-            where = "grid" if i == 0 else f"grids[{i - 1}]"
-            if "recipe" in block:
-                raise ConfigError(f"{path}: {where} has both 'recipe' and 'objective'; keep 'recipe' (the grid axis of "
-                                  f"recipe names)")
-            block["recipe"] = block.pop("objective")
-            log.warning("%s: %s.objective is deprecated: call the axis 'recipe' (it lists recipe names)", path, where)
-    return doc
-
-
-def load_merged(path: Path, _seen: tuple = ()) -> dict:
-    """Load ``path`` with its ``include:`` chain merged in (cycles are errors)."""
-    path = path.resolve()
-    if path in _seen:
-        raise ConfigError(f"{path}: include cycle ({' -> '.join(p.name for p in (*_seen, path))})")
-    doc = rename_grid_keys(_load_yaml(path), path)
-    includes = doc.pop("include", [])
-    if isinstance(includes, str):
-        includes = [includes]
-    if not isinstance(includes, list) or not all(isinstance(i, str) for i in includes):
-        raise ConfigError(f"{path}: 'include' must be a file name or a list of them")
-    merged: dict = {}
-    for inc in includes:
-        inc_path = (path.parent / inc).resolve()
-        if not inc_path.is_file() and (suites_dir() / inc).is_file():
-            inc_path = (suites_dir() / inc).resolve()  # an outside suite including the benchmark's defaults
-        if not inc_path.is_file():
-            raise ConfigError(f"{path}: included file '{inc}' not found in {path.parent} or {suites_dir()}")
-        merged = deep_merge(merged, load_merged(inc_path, (*_seen, path)))
-    return deep_merge(merged, doc)
-
-
-def available_suites() -> list[str]:
-    return sorted(p.stem for p in suites_dir().glob("*.yaml") if not p.stem.startswith("_"))
-
-
-def suite_path(name: str) -> Path:
-    candidate = Path(name)
-    if candidate.suffix in (".yaml", ".yml") and candidate.is_file():
-        return candidate.resolve()
-    path = suites_dir() / f"{name}.yaml"
-    if not path.is_file() or name.startswith("_"):
-        raise unknown("suite", name, available_suites(), where=str(suites_dir()))
-    return path
-
-
 def load_suite(name: str) -> Suite:
     path = suite_path(name)
     doc = load_merged(path)
@@ -307,65 +221,106 @@ def base_config() -> dict:
 
 
 # --------------------------------------------------------------------------- validation
+# The structure of a suite file (keys and types) is these pydantic models; names (datasets,
+# objectives, models, recipes) are checked against the registries after them, since plugins add
+# names. Errors are one line each (bench.schema.one_line). The models only check: cells are built
+# from the YAML values themselves, so validation never changes a cell id.
 
-ANY = object()
-SCHEMA: dict = {
-    "suite": str,
-    "description": str,
-    "experiment": str,
-    "runtime": str,
-    "reuse": list,
-    "ensembles": bool,  # also log a seed ensemble per official-split group (bench.ensemble)
-    "plugins": list,  # modules or .py files that register objectives/models/datasets (bench.plugins)
-    "size": int,  # image size in px for every dataset (default 28; MedMNIST+ has 64/128/224)
-    "shift": bool,  # score each cell's selected model on corrupted test sets (bench.shift)
-    "grid": {"dataset": list, "recipe": list, "aug": list, "seed": list, "protocol": list},
-    "grids": ANY,  # a list of partial grids, checked in expand
-    "train": {f.name: f.type for f in dataclasses.fields(TrainConfig)},
-    "finetune": {f.name: f.type for f in dataclasses.fields(TrainConfig)},  # train overrides of init_from recipes
-    "models": {"2d": str, "3d": str, "2d_large": str},
-    "objectives": ANY,  # validated per objective against its Params
-    "recipes": ANY,  # validated in resolve_recipe
-    "datasets": ANY,  # validated per dataset below
-    "analysis": ANY,  # roles, controls and endpoints: validated by bench.analysis
-    "resources": ANY,  # executor resources per cell (bench.executors.resources)
-    "checkpoints": str,  # all | needed: which runs keep model.pt (bench.executors.graph)
-}
-DATASET_SCHEMA = {"model": str, "size": int, "train": SCHEMA["train"], "finetune": SCHEMA["finetune"],
-                  "objectives": ANY, "recipes": ANY}
-TYPES = {"int": int, "float": (int, float), "str": str, "bool": bool}
+Train = S.dataclass_model(TrainConfig, "Train", optional=True)  # train, finetune and their overrides
 
 
-def _check(doc: dict, schema: dict, path: Path, prefix: str) -> None:
-    if not isinstance(doc, dict):
-        raise ConfigError(f"{path}: '{prefix.rstrip('.')}' must be a mapping, got {doc!r}")
-    for key, value in doc.items():
-        where = f"{prefix}{key}"
-        if key not in schema:
-            raise ConfigError(
-                f"{path}: unknown key '{where}'{did_you_mean(key, list(schema))}; known keys here: {', '.join(schema)}"
-            )
-        expected = schema[key]
-        if expected is ANY:
-            continue
-        if isinstance(expected, dict):
-            _check(value, expected, path, where + ".")
-            continue
-        if isinstance(expected, str):
-            expected = TYPES[expected]
-        ok = isinstance(value, expected) and not (expected in (int, (int, float)) and isinstance(value, bool))
-        if not ok:
-            name = expected.__name__ if isinstance(expected, type) else "number"
-            raise ConfigError(f"{path}: '{where}' must be a {name}, got {value!r}")
+class Grid(BaseModel):
+    """``grid:`` (and each block of ``grids:``): the axes; their values are checked in expand."""
+
+    model_config = S.STRICT
+    dataset: list = None
+    recipe: list = None
+    aug: list = None
+    seed: list = None
+    protocol: list = None
 
 
-def validate(doc: dict, path: Path) -> None:
-    _check(doc, SCHEMA, path, "")
-    AN.parse(doc.get("analysis"), str(path))  # structure now; names once the recipes are known (load_suite)
+class Match(BaseModel):
+    """``recipes.<name>.match``: hyperparameters taken from another recipe (bench.config._matched)."""
+
+    model_config = S.STRICT
+    recipe: str = None  # required, with its own message in _matched
+    params: Any = "all"  # "all" or a list of names: checked in _matched
+
+
+class RecipeSpec(BaseModel):
+    """``recipes.<name>`` and ``datasets.<flag>.recipes.<name>`` (merged key by key before use)."""
+
+    model_config = S.STRICT
+    objective: str = None  # required after the per-dataset merge: resolve_recipe says so
+    init_from: str = None
+    params: dict[str, Any] = None  # checked against the objective's Params in resolve_recipe
+    train: Train = None
+    description: str = None
+    model: str = None
+    match: Match = None
+
+
+class DatasetSpec(BaseModel):
+    """``datasets.<flag>``: per-dataset overrides."""
+
+    model_config = S.STRICT
+    model: str = None
+    size: int = None
+    train: Train = None
+    finetune: Train = None
+    objectives: dict[str, dict[str, Any]] | None = None
+    recipes: dict[str, RecipeSpec] | None = None
+
+
+Models = create_model("Models", __config__=S.STRICT, **{k: (str, None) for k in ("2d", "3d", "2d_large")})
+
+
+class SuiteSchema(BaseModel):
+    """A whole (merged) suite file."""
+
+    model_config = S.STRICT
+    suite: str = None
+    description: str = None
+    experiment: str = None
+    runtime: str = None
+    reuse: list = None  # suite names whose experiments' identical finished cells count (entries: _reused_experiment)
+    ensembles: bool = None  # also log a seed ensemble per official-split group (bench.ensemble)
+    plugins: list = None  # modules or .py files that register objectives/models/datasets (bench.plugins)
+    size: int = None  # image size in px for every dataset (default 28; MedMNIST+ has 64/128/224)
+    shift: bool = None  # score each cell's selected model on corrupted test sets (bench.shift)
+    grid: Grid = None
+    grids: list[Grid] | None = None  # partial grids laid over ``grid`` (non-empty: expand)
+    train: Train = None
+    finetune: Train = None  # train overrides of every init_from recipe
+    models: Models = None
+    objectives: dict[str, dict[str, Any]] | None = None  # per objective: checked against its Params in resolve_recipe
+    recipes: dict[str, RecipeSpec] | None = None
+    datasets: dict[str, DatasetSpec] | None = None
+    analysis: AN.Analysis | None = None  # roles, controls and endpoints (bench.analysis)
+    resources: Any = None  # executor resources per cell (bench.executors.resources)
+    checkpoints: str = None  # all | needed: which runs keep model.pt (bench.executors.graph)
+
+
+def _no_family(doc: dict, path: Path) -> None:
+    """``recipes.<name>.family`` was how roles were declared once; point to their one place now."""
+    datasets = doc.get("datasets") if isinstance(doc.get("datasets"), dict) else {}
+    specs = [("recipes", doc.get("recipes"))]
+    specs += [(f"datasets.{flag}.recipes", over.get("recipes")) for flag, over in datasets.items() if isinstance(over, dict)]
+    for where, recipes in specs:
+        for name, spec in (recipes.items() if isinstance(recipes, dict) else ()):
+            if isinstance(spec, dict) and "family" in spec:
+                raise ConfigError(f"{path}: {where}.{name}.family: a recipe's role is declared once, in "
+                                  f"analysis.families (e.g. analysis: {{families: {{dam: [{name}]}}}}); remove it here")
+
+
+def validate(doc: dict, path: Path) -> SuiteSchema:
+    """The structure of a merged suite file (:class:`SuiteSchema`), then the names it uses."""
+    _no_family(doc, path)
+    checked = S.check(SuiteSchema, doc, str(path))
     for flag, over in (doc.get("datasets") or {}).items():
         if flag not in DS.DATASETS:
             raise unknown("dataset", flag, DS.names(), where=f"{path}: datasets")
-        _check(over, DATASET_SCHEMA, path, f"datasets.{flag}.")
         if "model" in over:
             MODELS.get(over["model"], where=f"{path}: datasets.{flag}.model")
     for name in (doc.get("objectives") or {}):
@@ -380,6 +335,7 @@ def validate(doc: dict, path: Path) -> None:
             from bench.evaluate import TTA
 
             TTA.get(train["tta"], where=f"{path}: {key}.tta")
+    return checked
 
 
 # --------------------------------------------------------------------------- resolution
@@ -402,11 +358,8 @@ def resolve_recipe(doc: dict, name: str, dataset: str, path: Path, _seen: tuple 
                 raise ConfigError(f"{path}: datasets.{dataset}.recipes.{name} must be a mapping")
             spec = {**spec, **over, **{k: {**(spec.get(k) or {}), **(over.get(k) or {})}
                                        for k in ("params", "train") if k in over}}
-        if "family" in spec:
-            raise ConfigError(f"{path}: recipes.{name}.family: a recipe's role is declared once, in "
-                              f"analysis.families (e.g. analysis: {{families: {{dam: [{name}]}}}}); remove it here")
-        _check(spec, {"objective": str, "init_from": str, "params": dict, "train": SCHEMA["train"], "description": str,
-                      "model": str, "match": dict}, path, f"recipes.{name}.")
+        _no_family({"recipes": {name: spec}}, path)
+        S.check(RecipeSpec, spec, str(path), ("recipes", name))
         if "model" in spec:
             MODELS.get(spec["model"], where=f"{path}: recipes.{name}.model")
         if "objective" not in spec:
@@ -439,7 +392,6 @@ def _matched(doc: dict, name: str, spec: dict, cls, own: dict, init_from, train:
     the same source with the same fine-tuning budget, and may not set a matched value itself."""
     match = spec["match"]
     where = f"{path}: recipes.{name}.match"
-    _check(match, {"recipe": str, "params": ANY}, path, f"recipes.{name}.match.")
     if "recipe" not in match:
         raise ConfigError(f"{where} needs 'recipe' (the treatment it is matched to)")
     target_name = match["recipe"]
@@ -541,7 +493,7 @@ def expand(doc: dict, path: Path, data_fingerprint) -> list[Cell]:
         raise ConfigError(f"{path}: 'grids' must be a non-empty list of partial grids")
     cells: dict[str, Cell] = {}
     for i, block in enumerate(blocks):
-        _check(block, SCHEMA["grid"], path, f"grids[{i}].")
+        S.check(Grid, block, str(path), ("grids", i))
         for c in _expand_grid({**doc, "grid": {**(doc.get("grid") or {}), **block}}, path, data_fingerprint):
             cells.setdefault(c.cell_id, c)
     return list(cells.values())

@@ -8,10 +8,11 @@ import torch
 from tabulate import tabulate
 
 from bench import data as D
+from bench import datafiles as F
 
 
 def _data_rows(root) -> list[list[str]]:
-    folder = D.data_dir(root)
+    folder = F.data_dir(root)
     rows = []
     for flag in D.names():
         spec = D.get_spec(flag)
@@ -19,7 +20,7 @@ def _data_rows(root) -> list[list[str]]:
         if not path.is_file():
             rows.append([f"data {flag}", "missing", f"not in {folder}; medmnist downloads it where a network exists"])
             continue
-        md5 = D.file_md5(path)
+        md5 = F.file_md5(path)
         if md5 == spec.md5:
             rows.append([f"data {flag}", "ok", f"official MD5 {md5[:8]}…"])
         else:
@@ -56,7 +57,7 @@ def _artifact_row() -> list[str]:
 
 
 def _hardware_row() -> list[str]:
-    from bench.train import cpu_has_bf16, select_device, use_bf16
+    from bench.device import cpu_has_bf16, select_device, use_bf16
 
     dev = select_device()
     bf16 = use_bf16("auto", dev)

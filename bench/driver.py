@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from tabulate import tabulate
 
 from bench import data as D
+from bench import datafiles as F
 from bench.config import Cell, Suite, load_suite
 from bench.errors import ConfigError
 from bench.executors.estimate import estimate_seconds
@@ -38,8 +39,8 @@ def data_fingerprint(data_root):
     def fp(flag: str, size: int = D.DEFAULT_SIZE) -> str:
         if (flag, size) not in cache:
             spec = D.get_spec(flag, size)
-            path = D.data_dir(data_root) / spec.file_name
-            cache[flag, size] = D.file_md5(path) if path.is_file() else spec.md5
+            path = F.data_dir(data_root) / spec.file_name
+            cache[flag, size] = F.file_md5(path) if path.is_file() else spec.md5
         return cache[flag, size]
 
     return fp
@@ -138,16 +139,16 @@ def experiment_description(suite: Suite) -> str:
 def worker_context(suite: Suite, tracker, executor, parent_id: str | None, o: RunOptions):
     """What every task needs, explicit: remote workers do not inherit this process's environment."""
     from bench.claims import FileClaims
+    from bench.executors.worker import WorkerContext
     from bench.provenance import code_digest
     from bench.tracking import http_retry_env
-    from bench.executors.worker import WorkerContext
 
     claims = tracker.claims
     remote = executor.remote
     data_root, allow_unverified = o.data_root, o.allow_unverified
     if remote:  # the driver's data policy and folder travel with the task; the folder may not exist there
-        allow_unverified = D.allow_unverified_default() if allow_unverified is None else allow_unverified
-        data_root = str(D.data_dir(data_root)) if (data_root or os.environ.get("BENCH_DATA_DIR")) else None
+        allow_unverified = F.allow_unverified_default() if allow_unverified is None else allow_unverified
+        data_root = str(F.data_dir(data_root)) if (data_root or os.environ.get("BENCH_DATA_DIR")) else None
     return WorkerContext(
         suite=suite.name, suite_path=str(suite.path), experiment=tracker.experiment_name, tracking_uri=tracker.uri,
         code_digest=code_digest(), reuse=tuple(tracker.reuse_names), plugins=tuple(suite.doc.get("plugins") or ()),
@@ -256,7 +257,9 @@ def run_suite(name: str, options: RunOptions | None = None, **fields):
 def _run(name: str, o: RunOptions):
     from bench.executors.graph import build_plan, checkpoint_policy, needed_sources
     from bench.executors.resources import check_requests, parse_resources
-    from bench.tracking import Tracker  # the driver depends on tracking, never the reverse
+    from bench.tracking import (
+        Tracker,  # the driver depends on tracking, never the reverse
+    )
 
     rerun, dry, data_root, allow_unverified = o.rerun, o.dry, o.data_root, o.allow_unverified
     suite = load_suite(name)

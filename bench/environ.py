@@ -7,7 +7,12 @@ import os
 
 @contextlib.contextmanager
 def temporary_environ(values: dict):
-    """``values`` in ``os.environ`` for the duration of the block; the previous state comes back after."""
+    """``values`` in ``os.environ`` for the duration of the block; the previous state comes back after.
+
+    Not ``unittest.mock.patch.dict(os.environ, values)``: that restores the *whole* environment on
+    exit, which would also undo what ``ray.init`` and MLflow set inside the block for later calls.
+    Only the keys given here are restored. (Tests use pytest's ``monkeypatch.setenv``.)
+    """
     saved = {k: os.environ.get(k) for k in values}
     os.environ.update(values)
     try:

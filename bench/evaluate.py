@@ -19,12 +19,11 @@ import contextlib
 
 import numpy as np
 import torch
-from sklearn.metrics import accuracy_score, average_precision_score, f1_score, roc_auc_score
+from sklearn.metrics import accuracy_score, average_precision_score, f1_score, roc_auc_score, roc_curve
 
 from bench.data import Split, scale
 from bench.registry import Registry
 
-METRICS = ("auc", "auprc", "f1", "acc", "acc_tuned", "f1_tuned")
 
 # Test-time augmentation: the views whose sigmoid scores are averaged. A cell declares it in its
 # train settings (``train.tta``) before anything is scored, and the same views score validation
@@ -101,24 +100,53 @@ def f1(y: np.ndarray, p1: np.ndarray, positive_label: int, threshold=0.5) -> flo
     return float(np.mean(vals))
 
 
-def _best_threshold(y: np.ndarray, p1: np.ndarray, score_fn) -> float:
-    u = np.unique(p1)
-    cands = np.concatenate([[0.5], (u[:-1] + u[1:]) / 2 if len(u) > 1 else []])
-    vals = np.array([score_fn(y, p1 > t) for t in cands])
+def _partitions(y: np.ndarray, p1: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(candidate thresholds, true positives, false positives of ``p1 > t``) for every candidate.
+
+    The candidates are 0.5 and the midpoints between consecutive distinct scores, ascending.
+    ``roc_curve`` (without dropping points) gives the counts at every distinct score ``u`` for
+    ``p1 >= u``, which is the partition of ``p1 > midpoint(u_prev, u)``: one sort instead of
+    scoring every candidate (O(n log n), not O(n^2)). With a single class in ``y`` roc_curve is
+    undefined, so the counts come from a cumulative sum of the sorted labels.
+    """
+    y = np.asarray(y).astype(int)
+    n_pos = int(y.sum())
+    u = np.unique(p1)  # ascending, in p1's dtype: midpoints are computed as the scan computes them
+    mids = (u[:-1] + u[1:]) / 2  # mids[i] splits at u[i+1]: "p1 > mids[i]" is "p1 >= u[i+1]"
+    at_half = p1 > 0.5
+    tp_half, fp_half = int((at_half & (y == 1)).sum()), int((at_half & (y == 0)).sum())
+    if 0 < n_pos < len(y):
+        fpr, tpr, _ = roc_curve(y, p1, drop_intermediate=False)  # inf, then every distinct score descending
+        tp, fp = np.rint(tpr * n_pos)[1:-1][::-1], np.rint(fpr * (len(y) - n_pos))[1:-1][::-1]
+    else:
+        above = (len(p1) - np.searchsorted(np.sort(p1), u[1:], side="left")).astype(float)  # scores >= u[i+1]
+        tp, fp = (above, np.zeros(len(mids))) if n_pos else (np.zeros(len(mids)), above)
+    cands = np.concatenate([[0.5], mids])
+    return cands, np.concatenate([[tp_half], tp]), np.concatenate([[fp_half], fp])
+
+
+def _best_threshold(y: np.ndarray, p1: np.ndarray, metric: str, positive_label: int = 1) -> float:
+    """The candidate threshold on P(label 1) that maximizes ``metric`` (``acc`` or ``f1`` of the
+    ``positive_label`` class) on ``(y, p1)``; ties go to the candidate closest to 0.5."""
+    cands, tp, fp = _partitions(y, p1)
+    n, n_pos = len(y), int(np.asarray(y).astype(int).sum())
+    fn, tn = n_pos - tp, (n - n_pos) - fp
+    if metric == "acc":
+        vals = (tp + tn) / n
+    else:  # F1 of the clinically positive class: label 0 swaps the roles of the two classes
+        tp_, fp_, fn_ = (tp, fp, fn) if positive_label == 1 else (tn, fn, fp)
+        denom = 2 * tp_ + fp_ + fn_
+        vals = np.divide(2 * tp_, denom, out=np.zeros_like(denom, dtype=float), where=denom > 0)
     best = np.flatnonzero(vals >= vals.max() - 1e-12)
     return float(cands[best[np.argmin(np.abs(cands[best] - 0.5))]])
 
 
 def tune_thresholds(y_val: np.ndarray, p1_val: np.ndarray, positive_label: int) -> dict:
     """Per-label thresholds on P(label 1) chosen on validation data (see module doc)."""
-
-    def f1_fn(yj, pred_label1):
-        pred_pos = pred_label1 if positive_label == 1 else ~pred_label1
-        return f1_score(yj == positive_label, pred_pos, zero_division=0)
-
+    labels = range(y_val.shape[1])
     return {
-        "acc": np.array([_best_threshold(y_val[:, j], p1_val[:, j], accuracy_score) for j in range(y_val.shape[1])]),
-        "f1": np.array([_best_threshold(y_val[:, j], p1_val[:, j], f1_fn) for j in range(y_val.shape[1])]),
+        "acc": np.array([_best_threshold(y_val[:, j], p1_val[:, j], "acc") for j in labels]),
+        "f1": np.array([_best_threshold(y_val[:, j], p1_val[:, j], "f1", positive_label) for j in labels]),
     }
 
 

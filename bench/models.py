@@ -23,22 +23,14 @@ built natively (a test checks the equivalence). For inputs larger than 28 px (Me
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 
+from bench import catalog
+from bench.catalog import ModelInfo
 from bench.registry import Registry
 
 MODELS: Registry = Registry("model")
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    dims: int  # 2 or 3
-    paper_faithful: bool  # the paper's architecture (like-for-like comparisons allowed)
-    description: str
-    paper: str = ""  # the paper model this is (faithful) or stands in for (light variants)
 
 
 class BasicBlock(nn.Module):
@@ -87,22 +79,34 @@ class ResNet(nn.Module):
 
 
 def register_model(name: str, dims: int, paper_faithful: bool, description: str, paper: str = ""):
-    """Decorator for ``build(in_channels, num_outputs) -> nn.Module`` (built-ins and plugins alike)."""
+    """Decorator for a plugin's ``build(in_channels, num_outputs) -> nn.Module``: the builder here,
+    what the model is in the torch-free catalog (the leaderboard reads it without torch)."""
 
     def deco(build):
-        build.__doc__ = build.__doc__ or description
-        MODELS.register(name, info=ModelInfo(dims, paper_faithful, description, paper))(build)
+        catalog.add_model(name, ModelInfo(dims, paper_faithful, description, paper))
+        return _register(name)(build)
+
+    return deco
+
+
+def _register(name: str):
+    """Register the builder of a model the catalog declares (built-ins: ``bench/models.yaml``)."""
+    info = catalog.model_info(name)
+
+    def deco(build):
+        build.__doc__ = build.__doc__ or info.description
+        MODELS.register(name, info=info)(build)
         return build
 
     return deco
 
 
-def _resnet(name: str, dims: int, faithful: bool, description: str, paper: str, **kwargs):
-    register_model(name, dims, faithful, description, paper)(
-        lambda in_channels, num_outputs: ResNet(dims, in_channels, num_outputs, **kwargs))
+def _resnet(name: str, **kwargs):
+    dims = catalog.model_info(name).dims
+    _register(name)(lambda in_channels, num_outputs: ResNet(dims, in_channels, num_outputs, **kwargs))
 
 
-def _converted(name: str, operator: str, faithful: bool, description: str, paper: str, **kwargs):
+def _converted(name: str, operator: str, **kwargs):
     """The 2D ResNet-18 with its Conv2d replaced by one of acsconv's operators (``ACSConv``,
     ``Conv2_5d``) and 3D norms and pooling -- what acsconv's converters produce. We build it
     directly because the converters' norm/pool conversion breaks on torch 2.14 (they pass a
@@ -114,27 +118,21 @@ def _converted(name: str, operator: str, faithful: bool, description: str, paper
 
         return ResNet(3, in_channels, num_outputs, conv=getattr(operators, operator), **kwargs)
 
-    register_model(name, 3, faithful, description, paper)(build)
+    _register(name)(build)
 
 
-_resnet("resnet18_28", 2, True, "MedMNIST ResNet-18 (28): 3x3/1 stem, no max-pool", "ResNet-18 (28)")
-_resnet("resnet18_3d", 3, True, "paper ResNet-18+3D: Conv3d, 3x3x3/1 stem (slow on CPU)", "ResNet-18+3D")
-_resnet("resnet18_3d_s2", 3, False, "light 3D ResNet-18: stride-2 stem, 8x fewer voxels per map", "ResNet-18+3D",
-        stem_stride=2)
-_resnet("resnet18_3d_tiny", 3, False, "light 3D ResNet-18: stride-2 stem and half width (32)", "ResNet-18+3D",
-        stem_stride=2, width=32)
-_converted("resnet18_acs", "ACSConv", True, "paper ResNet-18+ACS: the 2D ResNet-18 with acsconv's ACSConv",
-           "ResNet-18+ACS")
-_converted("resnet18_acs_tiny", "ACSConv", False, "light ResNet-18+ACS: stride-2 stem and half width (32)",
-           "ResNet-18+ACS", stem_stride=2, width=32)
-_converted("resnet18_2_5d", "Conv2_5d", True, "paper ResNet-18+2.5D: the 2D ResNet-18 with acsconv's Conv2_5d",
-           "ResNet-18+2.5D")
-_converted("resnet18_2_5d_tiny", "Conv2_5d", False, "light ResNet-18+2.5D: stride-2 stem and half width (32)",
-           "ResNet-18+2.5D", stem_stride=2, width=32)
+# the built-ins; what each one is (dims, paper row, like-for-like) is declared in bench/models.yaml
+_resnet("resnet18_28")
+_resnet("resnet18_3d")
+_resnet("resnet18_3d_s2", stem_stride=2)
+_resnet("resnet18_3d_tiny", stem_stride=2, width=32)
+_converted("resnet18_acs", "ACSConv")
+_converted("resnet18_acs_tiny", "ACSConv", stem_stride=2, width=32)
+_converted("resnet18_2_5d", "Conv2_5d")
+_converted("resnet18_2_5d_tiny", "Conv2_5d", stem_stride=2, width=32)
 
 
-@register_model("resnet18", 2, True, "torchvision ResNet-18 (7x7/2 stem, max-pool) for 64-224 px inputs",
-                "ResNet-18 (224)")
+@_register("resnet18")
 def _imagenet_resnet18(in_channels: int, num_outputs: int) -> nn.Module:
     from torchvision.models import resnet18
 
@@ -142,11 +140,6 @@ def _imagenet_resnet18(in_channels: int, num_outputs: int) -> nn.Module:
     if in_channels != 3:
         net.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
     return net
-
-
-def model_info(name: str) -> ModelInfo:
-    MODELS.get(name)
-    return MODELS.meta[name]["info"]
 
 
 def create_model(name: str, in_channels: int, num_outputs: int) -> nn.Module:
@@ -166,6 +159,16 @@ def to_memory_format(model: nn.Module, dims: int) -> nn.Module:
     """
     ranks = {p.dim() for p in model.parameters() if p.dim() >= 4}
     return model.to(memory_format=memory_format(dims)) if ranks <= {dims + 2} else model
+
+
+def save_checkpoint(model: nn.Module, path) -> None:
+    """A plain state_dict on CPU (no pickled code): :func:`load_checkpoint` reads it back."""
+    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, path)
+
+
+def load_checkpoint(path) -> dict:
+    """Checkpoints are plain state_dicts: load them without unpickling code."""
+    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def load_model(name: str, in_channels: int, num_outputs: int, *, dims: int, device, bf16: bool,

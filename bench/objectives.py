@@ -23,14 +23,15 @@ Conventions shared by all objectives
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
 from typing import Callable, ClassVar, Iterator
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from pydantic import BaseModel, ValidationError
 
+from bench import schema
 from bench.errors import ConfigError, NotApplicable
 from bench.registry import Registry, did_you_mean
 
@@ -157,22 +158,14 @@ class Objective:
 
     @classmethod
     def params(cls, values: dict, where: str = "") -> object:
-        """Validate a dict of hyperparameters into the frozen ``Params`` dataclass."""
-        fields = {f.name: f for f in dataclasses.fields(cls.Params)}
+        """Validate a dict of hyperparameters into the frozen ``Params`` dataclass (checked by the
+        pydantic model of its fields, :func:`params_model`)."""
         loc = f" in {where}" if where else ""
-        for key in values:
-            if key not in fields:
-                raise ConfigError(
-                    f"unknown hyperparameter '{key}' for objective '{cls.name}'{loc}"
-                    f"{did_you_mean(key, list(fields))}; known: {', '.join(fields)}"
-                )
-        missing = [k for k in fields if k not in values]
-        if missing:
-            raise ConfigError(f"objective '{cls.name}'{loc} lacks hyperparameters {missing} (set them in suites/_base.yaml)")
-        out = {}
-        for key, f in fields.items():
-            out[key] = _coerce(values[key], f.type, f"{cls.name}.{key}{loc}")
-        return cls.Params(**out)
+        try:
+            checked = params_model(cls.Params).model_validate(values)
+        except ValidationError as exc:
+            raise _params_error(cls, exc, values, loc) from None
+        return cls.Params(**{k: getattr(checked, k) for k in checked.model_fields_set})  # dataclass defaults stay
 
     @classmethod
     def check_task(cls, multilabel: bool) -> None:
@@ -184,31 +177,41 @@ class Objective:
         raise NotImplementedError
 
 
-def _coerce(value, type_name: str, where: str):
-    """Check a YAML value against a dataclass field type given as a string annotation."""
-    t = str(type_name)
-    if t == "float":
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{where}: expected a number, got {value!r}")
-        value = float(value)
-        if not math.isfinite(value):
-            raise ConfigError(f"{where}: expected a finite number, got {value!r}")
-        return value
-    if t == "int":
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{where}: expected an integer, got {value!r}")
-        return value
-    if t == "str":
-        if not isinstance(value, str):
-            raise ConfigError(f"{where}: expected a string, got {value!r}")
-        return value
-    if t.startswith("tuple"):
-        if not isinstance(value, (list, tuple)) or not all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) for v in value
-        ):
-            raise ConfigError(f"{where}: expected a list of numbers, got {value!r}")
-        return tuple(float(v) for v in value)
-    raise AssertionError(f"unsupported field type {t}")  # pragma: no cover
+_PARAMS_MODELS: dict[type, type[BaseModel]] = {}
+_EXPECTED = {"float": "a number", "int": "an integer", "str": "a string", "bool": "true or false",
+             "tuple": "a list of numbers"}
+
+
+def params_model(params_cls: type) -> type[BaseModel]:
+    """The strict pydantic model of a ``Params`` dataclass (cached): its fields are annotated
+    ``float`` (an int is accepted and converted; a bool, a string or nan/inf is not), ``int``,
+    ``str``, ``bool`` or ``tuple`` (a list of finite numbers, kept as a tuple of floats)."""
+    if params_cls not in _PARAMS_MODELS:
+        _PARAMS_MODELS[params_cls] = schema.dataclass_model(params_cls, f"{params_cls.__qualname__}Model")
+    return _PARAMS_MODELS[params_cls]
+
+
+def _params_error(cls, exc: ValidationError, values, loc: str) -> ConfigError:
+    """The first problem as today's one line: unknown names, then missing ones, then a wrong value."""
+    fields = {f.name: schema.type_name(f.type) for f in dataclasses.fields(cls.Params)}
+    errors = exc.errors()
+    extra = [str(e["loc"][0]) for e in errors if e["type"] == "extra_forbidden"]
+    if extra:
+        key = extra[0]
+        return ConfigError(f"unknown hyperparameter '{key}' for objective '{cls.name}'{loc}"
+                           f"{did_you_mean(key, list(fields))}; known: {', '.join(fields)}")
+    missing = [k for k in fields if any(e["type"] == "missing" and e["loc"] == (k,) for e in errors)]
+    if missing:
+        return ConfigError(f"objective '{cls.name}'{loc} lacks hyperparameters {missing} (set them in suites/_base.yaml)")
+    err = errors[0]
+    if not err["loc"]:
+        return ConfigError(f"objective '{cls.name}'{loc}: hyperparameters must be a mapping of names to values, "
+                           f"got {values!r}")
+    key = str(err["loc"][0])
+    expected = _EXPECTED[fields[key]]
+    if err["type"] == "finite_number":
+        expected = expected.replace("number", "finite number")
+    return ConfigError(f"{cls.name}.{key}{loc}: expected {expected}, got {values[key]!r}")
 
 
 @dataclass(frozen=True)

@@ -4,8 +4,8 @@ Why a digest and not the package version or the commit alone: the version is nev
 and a commit says nothing about uncommitted edits or about plugin modules outside the
 repository. ``code_digest()`` hashes the *abstract syntax tree* of every module that decides a
 number (data, augmentation, models, objectives, training, scoring, seed ensembles, every module
-and data file of ``bench.shift``, and any loaded plugin module), with docstrings removed. Comments and docstrings therefore never change it; any change
-of code does.
+and data file of ``bench.corrupt`` and ``bench.shift``, and any loaded plugin module), with
+docstrings removed. Comments and docstrings therefore never change it; any change of code does.
 
 Decision: the digest does **not** enter the cell id. The id names *what* is computed (resolved
 config + data file); the digest names *which code* computed it. Resume and ``reuse:`` count a
@@ -31,18 +31,20 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 # the leaderboard only move numbers around, so editing them keeps the digest (and resume) intact.
 NUMERIC_MODULES = (
     "bench.datasets",
+    "bench.datafiles",
     "bench.data",
     "bench.augment",
     "bench.models",
     "bench.objectives",
+    "bench.device",
     "bench.train",
     "bench.evaluate",
     "bench.runner",
     "bench.ensemble",  # seed ensembles: their averaging and thresholds are numbers of their own
 )
-# Packages whose every module and data file decides numbers: shift builds the corrupted test sets
-# and the corruptions that ``aug: medmnistc`` trains with.
-NUMERIC_PACKAGES = ("bench.shift",)
+# Packages whose every module and data file decides numbers: the corruptions (that ``aug: medmnistc``
+# trains with) and the corrupted test sets shift builds from them.
+NUMERIC_PACKAGES = ("bench.corrupt", "bench.shift")
 # The libraries whose versions a run records (``bench_versions``): each can move a number.
 VERSIONED = ("torch", "libauc", "numpy", "mlflow", "medmnist", "scikit-learn", "torchio", "medmnistc")
 _extra_modules: list[str] = []  # plugin modules registered at run time (bench.plugins)

@@ -13,15 +13,16 @@ import pandas as pd
 import torch
 
 from bench import data as D
+from bench.catalog import CHECKPOINT, UNGATED_SCORES
 from bench.config import Cell
+from bench.device import select_device
 from bench.errors import BenchError, NotApplicable
 from bench.evaluate import predict, score_val_test, to_label1
+from bench.models import save_checkpoint as write_checkpoint  # execute() has a save_checkpoint flag
 from bench.objectives import get_objective
-from bench.train import fit, select_device
+from bench.train import fit
 
 log = logging.getLogger(__name__)
-CHECKPOINT = "model.pt"
-UNGATED_SCORES = "ungated_test_scores.csv"  # same layout as the medmnist test prediction file
 
 
 @dataclass(frozen=True)
@@ -40,11 +41,6 @@ class CellResult:
             return (f"{self.run_name}: val AUC {self.val_auc:.4f}  test AUC {self.test_auc:.4f}  "
                     f"test ACC {self.test_acc:.4f}  {self.seconds:.0f}s")
         return f"{self.run_name}: {self.status}{(' - ' + self.error) if self.error else ''}"
-
-
-def load_checkpoint(path: Path) -> dict:
-    """Checkpoints are plain state_dicts: load them without unpickling code."""
-    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def _roc_png(y: np.ndarray, p1: np.ndarray, title: str, path: Path) -> None:
@@ -171,7 +167,7 @@ def execute(cell: Cell, run, *, data_root=None, allow_unverified=None, init_stat
             pd.DataFrame(p1_ungated).to_csv(out / UNGATED_SCORES, header=False)
         _roc_png(y_test, p1_test, f"{cell.run_name}\ntest AUC {test['auc']:.4f}", out / "roc_test.png")
         if save_checkpoint:
-            torch.save({k: v.detach().cpu() for k, v in result.model.state_dict().items()}, out / CHECKPOINT)
+            write_checkpoint(result.model, out / CHECKPOINT)
         run.artifacts(out)
     if after_test is not None:
         after_test(Scored(cell, result.model, data, device, result.bf16, x_scale, test["auc"]), run)

@@ -37,11 +37,12 @@ from mlflow.tracking import MlflowClient  # noqa: E402
 
 from bench import __version__  # noqa: E402
 from bench import mlflow_native as native  # noqa: E402
+from bench.catalog import CHECKPOINT  # noqa: E402
 from bench.claims import Claim, make_claims, redact  # noqa: E402
-from bench.config import PROJECT_ROOT  # noqa: E402
 from bench.environ import temporary_environ  # noqa: E402
 from bench.errors import TrackingError  # noqa: E402
 from bench.provenance import code_digest, run_tags  # noqa: E402
+from bench.suitefile import PROJECT_ROOT  # noqa: E402
 
 log = logging.getLogger(__name__)
 PARENT_TAG = "mlflow.parentRunId"
@@ -462,7 +463,6 @@ def run_csv(run_id: str, prefixes: tuple[str, ...]) -> dict[str, "object"]:
 
 EXPORT_FORMAT = "medauc-bench-runs/1"
 IMPORTED_TAG = "bench_imported_from"
-CHECKPOINT_NAME = "model.pt"
 
 
 def _all_runs(client, experiment_ids) -> list:
@@ -496,7 +496,7 @@ def export_runs(experiment: str, out: Path, with_checkpoints: bool = False, uri:
                        for k in run.data.metrics}
             files = []
             for f in client.list_artifacts(rid):
-                if f.is_dir or (f.path == CHECKPOINT_NAME and not with_checkpoints):
+                if f.is_dir or (f.path == CHECKPOINT and not with_checkpoints):
                     continue
                 local = client.download_artifacts(rid, f.path, tmp)
                 zf.write(local, f"artifacts/{rid}/{f.path}")

@@ -17,21 +17,21 @@ import math
 import random
 import time
 from dataclasses import dataclass, field
-from functools import lru_cache
 from typing import Callable
 
 import numpy as np
 import torch
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn, update_bn
 
 from tqdm.auto import tqdm
 
 from bench.augment import AUGMENTATIONS
 from bench.config import Cell
-from bench.data import DatasetSpec, Protocol, eval_x_scale, scale
+from bench.device import select_device, use_bf16
+from bench.data import DatasetSpec, Protocol, Split, eval_x_scale, scale
 from bench.errors import TrainingDiverged
 from bench.evaluate import auc, auprc, autocast, predict, to_label1
-from bench.models import load_model, memory_format, to_memory_format  # noqa: F401  (layout helpers live in models)
+from bench.models import load_model, memory_format
 from bench.objectives import TrainContext, get_objective
 
 log = logging.getLogger(__name__)
@@ -56,39 +56,6 @@ def set_deterministic(on: bool) -> None:
     torch.use_deterministic_algorithms(on)
     torch.backends.cudnn.deterministic = on
     torch.backends.cudnn.benchmark = False
-
-
-def select_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-@lru_cache(maxsize=None)
-def cpu_has_bf16() -> bool:
-    """AVX-512 BF16 or AMX: bf16 matmuls are native, so autocast pays off (~1.8x here)."""
-    try:
-        flags = open("/proc/cpuinfo").read()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def use_bf16(precision: str, device: torch.device, dims: int = 2) -> bool:
-    """Whether to train/evaluate under bf16 autocast.
-
-    3D models on CPU always use fp32: in torch 2.14.1 the CPU bf16 Conv3d backward returns
-    non-deterministic gradients (differences up to 1e37 between identical calls, measured
-    here) and training turns NaN within a few steps. 2D convolutions in bf16 give identical
-    gradients call after call, and are ~2x faster.
-    """
-    if precision == "fp32":
-        return False
-    if device.type == "cuda":
-        supported = torch.cuda.is_bf16_supported()
-    else:
-        supported = cpu_has_bf16() and dims == 2
-    if precision == "bf16" and not supported:
-        log.warning("bf16 requested but not reliable on %s for %dD models; using fp32", device, dims)
-    return supported
 
 
 @dataclass
@@ -133,26 +100,171 @@ def swa_start_epoch(epochs: int, share: float) -> int:
     return epochs - max(1, math.ceil(share * epochs)) + 1
 
 
-@torch.no_grad()
-def recompute_bn(net: torch.nn.Module, batches, device: torch.device, bf16: bool) -> None:
-    """BatchNorm statistics of averaged weights must come from data, not from averaging the
-    members' running stats (Izmailov et al., 2018): one pass over the (unaugmented) training set
-    with cumulative averaging, as ``torch.optim.swa_utils.update_bn`` does."""
-    norms = [m for m in net.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-    if not norms:
-        return
-    momenta = {m: m.momentum for m in norms}
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None
-    was_training = net.training
-    net.train()
-    for x in batches:
-        with autocast(device, bf16):
-            net(x)
-    for m in norms:
-        m.momentum = momenta[m]
-    net.train(was_training)
+@dataclass
+class Kept:
+    """A state validation chose: its epoch, validation AUC, a copy of its weights, its validation scores."""
+
+    epoch: int = 0
+    val_auc: float = -math.inf
+    state: dict | None = None
+    scores: np.ndarray | None = None
+
+
+def weights(net: torch.nn.Module) -> dict:
+    # a copy, as training goes on in place; an AveragedModel's own weights, so the plain model loads them
+    return copy.deepcopy((net.module if isinstance(net, AveragedModel) else net).state_dict())
+
+
+@dataclass
+class FitState:
+    """Everything ``fit`` changes as it trains: the selection, early stopping, the counters."""
+
+    finetune: bool  # epoch 0 is the starting checkpoint
+    best: Kept = field(default_factory=Kept)
+    ungated: Kept = field(default_factory=Kept)  # fine-tunes only: the best epoch >= 1
+    bad_epochs: int = 0  # epochs since the best, for train.patience
+    stopped: bool = False
+    history: list = field(default_factory=list)
+    samples: int = 0
+    steps: int = 0
+    t_train: float = 0.0
+
+    def add(self, record: dict, on_epoch: Callable[[dict], None] | None) -> None:
+        self.history.append(record)
+        if on_epoch is not None:
+            on_epoch(record)
+
+    def select(self, epoch: int, net: torch.nn.Module, record: dict, scores: np.ndarray) -> bool:
+        """Keep ``net`` if no earlier epoch beat or tied it on validation; True if kept."""
+        val_auc, state = record["val_auc"], None
+        if self.finetune and epoch >= 1 and val_auc > self.ungated.val_auc:
+            state = weights(net)
+            self.ungated = Kept(epoch, val_auc, state, scores)
+        if val_auc > self.best.val_auc:  # strictly: ties keep the earlier epoch
+            self.best = Kept(epoch, val_auc, state if state is not None else weights(net), scores)
+            return True
+        return False
+
+
+@dataclass
+class Batches:
+    """The training split as the model sees it: augmented, scaled, in the model's memory layout.
+
+    Augmentation draws from its own streams -- ``g`` (batch augmentation, voxel scale) and
+    ``raw_rng`` (pixel-level corruptions) -- seeded by the cell and independent of the samplers',
+    so a cell replays bit for bit; their draws per batch come in a fixed order.
+    """
+
+    cell: Cell
+    spec: DatasetSpec
+    x_cpu: torch.Tensor  # uint8; pixel-level corruptions run on the stored images, on the CPU
+    x: torch.Tensor  # the same on the device, so batches never leave it
+    bf16: bool
+    device: torch.device
+
+    def __post_init__(self):
+        self.aug = AUGMENTATIONS.get(self.cell.aug)
+        self.g = torch.Generator(device=self.device).manual_seed(self.cell.seed)
+        self.raw_rng = np.random.default_rng(self.cell.seed) if self.aug.raw is not None else None
+        self.voxel_scale = self.cell.train.voxel_scale and self.spec.shape_mask
+
+    def layout(self, x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=memory_format(self.spec.dims)) if self.bf16 else x
+
+    def epoch(self, recipe, epoch: int):
+        """(x, indices, task) per step of ``epoch``, in the recipe's order; all on the device."""
+        for idx, task in recipe.batches(epoch):
+            idx_dev = idx.to(self.device, non_blocking=True)
+            if self.aug.raw is not None:
+                xb = self.aug.raw(self.x_cpu[idx], self.raw_rng, self.spec.flag).to(self.device, non_blocking=True)
+            else:
+                xb = self.x[idx_dev]
+            x = scale(xb, self.spec.is_3d)
+            if self.aug.batch is not None:
+                x = self.aug.batch(x, self.g, self.spec.is_3d)
+            if self.voxel_scale:  # MedMNIST's shape transform: x * U(0, 1) per volume
+                x = x * torch.rand(x.shape[0], *([1] * (x.ndim - 1)), generator=self.g, device=self.device)
+            yield self.layout(x), idx_dev, None if task is None else task.to(self.device, non_blocking=True)
+
+    def plain(self):
+        """In order and unaugmented, scaled as for evaluation: what SWA's BatchNorm statistics come from."""
+        bs, x_scale = self.cell.train.eval_batch_size, eval_x_scale(self.cell.train.voxel_scale, self.spec)
+        for i in range(0, len(self.x), bs):
+            yield self.layout(scale(self.x[i : i + bs], self.spec.is_3d) * x_scale)
+
+
+def train_step(model, recipe, x, y, idx, task, device: torch.device, bf16: bool) -> torch.Tensor:
+    with autocast(device, bf16):
+        logits = model(x)
+    # LibAUC's losses square and compare scores: do that in fp32, never in bf16
+    loss = recipe.loss(logits.float(), y, idx, task)
+    recipe.zero_grad()
+    loss.backward()
+    recipe.optimizer.step()
+    # stays on the device: the loop checks for divergence once per epoch, not once per step
+    return loss.detach().reshape(())  # LibAUC losses may be shaped (1,)
+
+
+def epoch_loss(cell: Cell, epoch: int, step_losses: list, device: torch.device) -> float:
+    """Mean training loss of the epoch; a non-finite step ends the cell, naming its epoch and step."""
+    losses = torch.stack(step_losses) if step_losses else torch.zeros(1, device=device)
+    finite = torch.isfinite(losses)
+    if not bool(finite.all()):  # the epoch's one device sync
+        step = int((~finite).nonzero()[0, 0]) + 1
+        raise TrainingDiverged(
+            f"{cell.run_name}: loss became {float(losses[step - 1])} at epoch {epoch}, step {step}; "
+            f"lower the learning rate of '{cell.objective}' or check the data"
+        )
+    return float(losses.mean())
+
+
+@dataclass
+class Validation:
+    """Scores networks on the validation split: the only data selection ever sees."""
+
+    cell: Cell
+    spec: DatasetSpec
+    split: Split  # on the device
+    y: np.ndarray
+    sampler_label: int
+    positive_label: int
+    device: torch.device
+    bf16: bool
+
+    def score(self, net, epoch: int, train_loss: float, lr: float, t0: float) -> tuple[dict, np.ndarray]:
+        """The epoch's record and validation scores; non-finite scores end the cell."""
+        cfg = self.cell.train
+        x_scale = eval_x_scale(cfg.voxel_scale, self.spec)
+        s_val = predict(net, self.split, self.spec.is_3d, cfg.eval_batch_size, self.device, self.bf16, x_scale, cfg.tta)
+        if not np.isfinite(s_val).all():
+            raise TrainingDiverged(
+                f"{self.cell.run_name}: the model's validation scores became non-finite at epoch {epoch}; "
+                f"lower the learning rate of '{self.cell.objective}' or use --precision fp32"
+            )
+        p1 = to_label1(s_val, self.sampler_label)
+        record = {
+            "epoch": epoch,
+            "train_loss": train_loss,
+            "val_auc": auc(self.y, p1),
+            "val_auprc": auprc(self.y, p1, self.positive_label),
+            "lr": lr,
+            "epoch_seconds": time.perf_counter() - t0,
+        }
+        return record, s_val
+
+
+def current_lr(recipe) -> float:
+    return float(recipe.optimizer.param_groups[0]["lr"])
+
+
+def averager(model: torch.nn.Module, cfg) -> tuple[AveragedModel | None, int | None]:
+    """The running average of the weights scored instead of the raw ones (train.ema, train.swa)
+    and, for SWA, the first epoch it averages (earlier epochs score the raw weights)."""
+    if cfg.ema > 0:
+        return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema), use_buffers=True), None
+    if cfg.swa > 0:
+        return AveragedModel(model), swa_start_epoch(cfg.epochs, cfg.swa)
+    return None, None
 
 
 def fit(
@@ -192,138 +304,65 @@ def fit(
     labels = targets_cpu.numpy().astype(np.int64)
     ctx = TrainContext(labels[:, 0] if spec.task == "binary" else labels, cfg.epochs, cfg.batch_size, cell.seed, device)
     recipe = objective.build(model, objective.Params(**cell.params_dict), ctx)
+    averaged, swa_from = averager(model, cfg)
+    batches = Batches(cell, spec, proto.train.x, train.x, bf16, device)
+    validation = Validation(cell, spec, val, proto.val.y.numpy().astype(int), sampler_label, positive_label, device, bf16)
+    st = FitState(finetune=init_state is not None)
 
-    averaged, swa_from = None, None
-    if cfg.ema > 0:
-        averaged = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema), use_buffers=True)
-    elif cfg.swa > 0:
-        averaged, swa_from = AveragedModel(model), swa_start_epoch(cfg.epochs, cfg.swa)
-
-    aug = AUGMENTATIONS.get(cell.aug)
-    # augmentation stream, independent of the samplers; on the data's device so batches stay there
-    g = torch.Generator(device=device).manual_seed(cell.seed)
-    raw_rng = np.random.default_rng(cell.seed) if aug.raw is not None else None
-    voxel_scale = cfg.voxel_scale and spec.shape_mask
-    y_val = proto.val.y.numpy().astype(int)
-    best_auc, best_epoch, best_state, bad_epochs, best_scores = -math.inf, 0, None, 0, None
-    # the best fine-tuned epoch (>= 1) of a fine-tuning cell: its "ungated" candidate
-    u_auc, u_epoch, u_state, u_scores = -math.inf, 0, None, None
-    history, samples, t_train, steps = [], 0, 0.0, 0
-    stopped = False
-    x_scale = eval_x_scale(cfg.voxel_scale, spec)
-
-    def consider(epoch: int, net, record: dict, s_val: np.ndarray) -> bool:
-        """Keep the state if it is the best on validation so far; True if it is."""
-        nonlocal best_auc, best_epoch, best_state, best_scores, u_auc, u_epoch, u_state, u_scores
-        state = None
-        if init_state is not None and epoch >= 1 and record["val_auc"] > u_auc:
-            state = copy.deepcopy((net.module if isinstance(net, AveragedModel) else net).state_dict())
-            u_auc, u_epoch, u_state, u_scores = record["val_auc"], epoch, state, s_val
-        if record["val_auc"] > best_auc:
-            best_auc, best_epoch, best_scores = record["val_auc"], epoch, s_val
-            best_state = state or copy.deepcopy((net.module if isinstance(net, AveragedModel) else net).state_dict())
-            return True
-        return False
-
-    def score_epoch(net, epoch: int, train_loss: float, t0: float) -> tuple[dict, np.ndarray]:
-        """Score ``net`` on validation, record and report the epoch; non-finite scores end the cell."""
-        s_val = predict(net, val, spec.is_3d, cfg.eval_batch_size, device, bf16, x_scale, cfg.tta)
-        if not np.isfinite(s_val).all():
-            raise TrainingDiverged(
-                f"{cell.run_name}: the model's validation scores became non-finite at epoch {epoch}; "
-                f"lower the learning rate of '{cell.objective}' or use --precision fp32"
-            )
-        p1 = to_label1(s_val, sampler_label)
-        record = {
-            "epoch": epoch,
-            "train_loss": train_loss,
-            "val_auc": auc(y_val, p1),
-            "val_auprc": auprc(y_val, p1, positive_label),
-            "lr": float(recipe.optimizer.param_groups[0]["lr"]),
-            "epoch_seconds": time.perf_counter() - t0,
-        }
-        history.append(record)
-        if on_epoch is not None:
-            on_epoch(record)
-        return record, s_val
-
-    def plain_batches():
-        """The training set in order, scaled, without augmentation (BatchNorm statistics of SWA)."""
-        for i in range(0, len(train), cfg.eval_batch_size):
-            x = scale(train.x[i : i + cfg.eval_batch_size], spec.is_3d) * x_scale
-            yield x.contiguous(memory_format=memory_format(spec.dims)) if bf16 else x
-
-    if init_state is not None:
-        # A fine-tuning cell scores its starting checkpoint as "epoch 0", so that selection on
-        # validation can keep the source model when fine-tuning does not improve it (the
-        # two-stage recipe is then never worse than its source on validation, by construction).
-        consider(0, model, *score_epoch(model, 0, float("nan"), time.perf_counter()))
+    if st.finetune:
+        # A fine-tune scores its starting checkpoint as epoch 0 so that validation can keep the
+        # source model when fine-tuning does not improve it ("the gate"): the two-stage recipe is
+        # then never worse than its source on validation, by construction.
+        record, s_val = validation.score(model, 0, float("nan"), current_lr(recipe), time.perf_counter())
+        st.add(record, on_epoch)
+        st.select(0, model, record, s_val)
     bar = tqdm(range(1, cfg.epochs + 1), desc=cell.run_name, unit="ep", disable=not progress, leave=False)
     for epoch in bar:
         t0 = time.perf_counter()
         model.train()
         step_losses = []
-        for idx, task in recipe.batches(epoch):
-            idx_dev = idx.to(device, non_blocking=True)
-            if aug.raw is not None:  # pixel-level corruptions run on the stored uint8 images (CPU)
-                xb = aug.raw(proto.train.x[idx], raw_rng, spec.flag).to(device, non_blocking=True)
-            else:
-                xb = train.x[idx_dev]
-            x = scale(xb, spec.is_3d)
-            if aug.batch is not None:
-                x = aug.batch(x, g, spec.is_3d)
-            if voxel_scale:  # MedMNIST's shape transform: x * U(0, 1) per volume
-                x = x * torch.rand(x.shape[0], *([1] * (x.ndim - 1)), generator=g, device=device)
-            if bf16:
-                x = x.contiguous(memory_format=memory_format(spec.dims))
-            with autocast(device, bf16):
-                logits = model(x)
-            # LibAUC's losses square and compare scores: do that in fp32, never in bf16
-            loss = recipe.loss(logits.float(), targets[idx_dev], idx_dev,
-                               None if task is None else task.to(device, non_blocking=True))
-            recipe.zero_grad()
-            loss.backward()
-            recipe.optimizer.step()
-            steps += 1
+        for x, idx, task in batches.epoch(recipe, epoch):
+            step_losses.append(train_step(model, recipe, x, targets[idx], idx, task, device, bf16))
+            st.steps += 1
+            st.samples += len(idx)
             if cfg.ema > 0:
                 averaged.update_parameters(model)
-            step_losses.append(loss.detach().reshape(()))  # LibAUC losses may be shaped (1,)
-            samples += len(idx)
-        losses = torch.stack(step_losses) if step_losses else torch.zeros(1, device=device)
-        finite = torch.isfinite(losses)
-        if not bool(finite.all()):  # one device sync per epoch, not per step
-            step = int((~finite).nonzero()[0, 0]) + 1
-            raise TrainingDiverged(
-                f"{cell.run_name}: loss became {float(losses[step - 1])} at epoch {epoch}, step {step}; "
-                f"lower the learning rate of '{cell.objective}' or check the data"
-            )
+        train_loss = epoch_loss(cell, epoch, step_losses, device)
         recipe.end_epoch(epoch)
         scored = model
         if swa_from is not None and epoch >= swa_from:
             averaged.update_parameters(model)
-            recompute_bn(averaged, plain_batches(), device, bf16)
+            # averaged weights need BatchNorm statistics from data, not the average of the members'
+            # running stats (Izmailov et al., 2018); update_bn makes one cumulative pass
+            with autocast(device, bf16):
+                update_bn(batches.plain(), averaged)
             scored = averaged
         elif cfg.ema > 0:
             scored = averaged
-        t_train += time.perf_counter() - t0
-        record, s_val = score_epoch(scored, epoch, float(losses.mean()), t0)
-        bar.set_postfix(loss=f"{record['train_loss']:.4f}", val_auc=f"{record['val_auc']:.4f}")
+        st.t_train += time.perf_counter() - t0
+        record, s_val = validation.score(scored, epoch, train_loss, current_lr(recipe), t0)
+        st.add(record, on_epoch)
+        bar.set_postfix(loss=f"{train_loss:.4f}", val_auc=f"{record['val_auc']:.4f}")
         if not progress and (epoch % max(1, cfg.epochs // 10) == 0 or epoch == cfg.epochs):
             # without a progress bar (CI, nohup) still say where we are, ~10 lines per cell
             log.info("%s epoch %d/%d: loss %.4f, val AUC %.4f (%.1fs)", cell.run_name, epoch, cfg.epochs,
-                     record["train_loss"], record["val_auc"], record["epoch_seconds"])
-        if consider(epoch, scored, record, s_val):
-            bad_epochs = 0
+                     train_loss, record["val_auc"], record["epoch_seconds"])
+        if st.select(epoch, scored, record, s_val):
+            st.bad_epochs = 0
         else:
-            bad_epochs += 1
-            if cfg.patience and bad_epochs >= cfg.patience:
-                stopped = True
-                log.info("%s: early stop at epoch %d (best val AUC %.4f at %d)", cell.run_name, epoch, best_auc, best_epoch)
+            st.bad_epochs += 1
+            if cfg.patience and st.bad_epochs >= cfg.patience:
+                st.stopped = True
+                log.info("%s: early stop at epoch %d (best val AUC %.4f at %d)", cell.run_name, epoch,
+                         st.best.val_auc, st.best.epoch)
                 break
     bar.close()
-    final = load_model(cell.model, spec.n_channels, spec.n_labels, state=best_state, **build)
-    ungated = None
-    if best_epoch == 0 and u_state is not None:
-        ungated = Candidate(load_model(cell.model, spec.n_channels, spec.n_labels, state=u_state, **build),
-                            u_epoch, u_auc, u_scores)
-    return FitResult(final, best_epoch, best_auc, best_scores, history, t_train, samples, bf16, stopped, steps, ungated)
+
+    best, ungated = st.best, None
+    final = load_model(cell.model, spec.n_channels, spec.n_labels, state=best.state, **build)
+    if best.epoch == 0 and st.ungated.state is not None:  # the gate kept the checkpoint
+        u = st.ungated
+        ungated = Candidate(load_model(cell.model, spec.n_channels, spec.n_labels, state=u.state, **build),
+                            u.epoch, u.val_auc, u.scores)
+    return FitResult(final, best.epoch, best.val_auc, best.scores, st.history, st.t_train, st.samples, bf16,
+                     st.stopped, st.steps, ungated)

@@ -47,7 +47,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bench.cli import setup_logging  # noqa: E402
-from bench.config import suite_path, suites_dir  # noqa: E402
+from bench.suitefile import suite_path, suites_dir  # noqa: E402
 
 
 class WorkerRss(threading.Thread):

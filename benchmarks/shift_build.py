@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 from tabulate import tabulate
 
-from bench.shift import SEVERITIES, corrupted_test_set, corruption_names, versions
+from bench.corrupt import SEVERITIES, corruption_names, versions
+from bench.shift import corrupted_test_set
 
 log = logging.getLogger("benchmarks.shift_build")
 DEFAULT_DATASETS = "breastmnist,pneumoniamnist,adrenalmnist3d,vesselmnist3d"

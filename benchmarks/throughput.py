@@ -14,7 +14,8 @@ import torch.nn.functional as F
 from tabulate import tabulate
 
 from bench.models import MODELS, create_model, model_info
-from bench.train import cpu_has_bf16, memory_format, to_memory_format
+from bench.device import cpu_has_bf16
+from bench.models import memory_format, to_memory_format
 
 
 def measure(name: str, bf16: bool, train: bool, batch: int, seconds: float, size: int = 28,

@@ -22,10 +22,11 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from bench.catalog import TEST_METRICS, UNGATED_METRICS
+
 GROUP_KEYS = ["dataset", "size", "recipe", "model", "aug", "protocol"]
 UNIT_KEYS = GROUP_KEYS + ["seed"]
 PAIR_KEYS = ["dataset", "size", "model", "aug", "protocol", "seed"]
-TEST_METRICS = ["test_auc", "test_auprc", "test_f1", "test_acc", "test_acc_tuned", "test_f1_tuned"]
 SHIFT_METRICS = ["shift_auc_mean", "shift_auc_drop"]
 DEFAULT_CONTROLS = ("ce_ft", "ce")
 PRIMARY_PROTOCOL = "official"  # default of analysis.primary.protocol; the findings table's protocol
@@ -36,9 +37,6 @@ def ci95(std: float, n: int) -> float:
     if n < 2 or not np.isfinite(std):
         return float("nan")
     return float(stats.t.ppf(0.975, n - 1) * std / np.sqrt(n))
-
-
-UNGATED_METRICS = ["ungated_test_auc", "ungated_test_auprc"]
 
 
 def metric_columns(runs: pd.DataFrame) -> list[str]:

@@ -5,6 +5,7 @@ import datetime as dt
 import logging
 from pathlib import Path
 
+from bench import catalog
 from leaderboard import aggregate as A
 from leaderboard import collect, findings, render, selection
 from leaderboard import shift as S
@@ -19,9 +20,9 @@ def analysis_of(declared):
     from bench import analysis as AN
 
     if declared is None:
-        from bench.config import base_config
+        from bench.suitefile import load_merged, suites_dir
 
-        base = AN.parse(base_config().get("analysis"))
+        base = AN.parse(load_merged(suites_dir() / "_base.yaml").get("analysis"))
         return base.model_copy(update={"controls": []})
     return getattr(declared, "analysis", None) or AN.parse(declared.doc.get("analysis"))
 
@@ -81,7 +82,7 @@ def build_leaderboard(suite: str, *, out_dir=None, from_csv=None, experiment=Non
 
         scores, labels = collect.read_scores(pd.read_csv(scores_csv), declared_primary.selection)
     generated_at = generated_at or dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    ref = render.load_reference()
+    ref = catalog.load_reference()
 
     chart_files = {d: f"{suite}-{d}.png" for d in sorted(runs["dataset"].unique())}
     shifted = S.scored(runs)
@@ -103,7 +104,9 @@ def build_leaderboard(suite: str, *, out_dir=None, from_csv=None, experiment=Non
         (out / f"{suite}-selection.md").write_text(record + "\n")
     power = None
     if analysis.power is not None and getattr(declared, "cells", None) is not None:
-        from leaderboard.power import power_line  # the line the dry run printed before the runs
+        from leaderboard.power import (
+            power_line,  # the line the dry run printed before the runs
+        )
 
         power = power_line(declared, declared.cells(), None)
     found = findings.findings(suite, runs, agg, analysis, ref, collect.ensembles(export), scores, labels,

@@ -11,8 +11,10 @@ import io
 import numpy as np
 import pandas as pd
 
+from bench import datafiles, datasets
+from bench.catalog import METRIC_NAMES, UNGATED_SCORES
 from bench.errors import BenchError
-from bench.evaluate import METRICS as METRIC_NAMES  # one definition of the metric set
+
 KEEP_PARAMS = ("dataset", "size", "recipe", "objective", "model", "aug", "seed", "protocol", "fold", "epochs",
                "batch_size", "init_from", "precision", "ema", "swa", "tta", "seeds")
 KEEP_TAGS = ("bench_cell_id", "bench_group_id", "bench_suite", "bench_status", "bench_git_commit", "bench_git_dirty",
@@ -24,7 +26,7 @@ KEEP_METRICS = tuple(f"{s}_{m}" for s in ("val", "test") for m in METRIC_NAMES) 
     "best_epoch", "train_seconds", "gate_kept_init", "ungated_best_epoch", "ungated_val_auc", "ungated_test_auc",
     "ungated_test_auprc", "optimizer_steps", "steps_per_epoch")
 ENSEMBLE_METRICS = ("test_auc_lo", "test_auc_hi", "n_models")
-SHIFT_PREFIX = "metrics.shift_"  # per-corruption names are dynamic (bench.shift.metrics)
+SHIFT_PREFIX = "metrics.shift_"  # per-corruption names are dynamic (bench.catalog)
 
 
 def export_frame(raw: pd.DataFrame) -> pd.DataFrame:
@@ -46,15 +48,13 @@ def declared_cell_ids(declared, raw: pd.DataFrame) -> set[str]:
     Cell ids include the data file's md5; taking the md5s from the runs themselves keeps the
     leaderboard independent of which data files happen to be on this machine now.
     """
-    from bench.data import get_spec
-
     md5s: dict[str, set] = {}
     for flag, md5 in zip(raw.get("params.dataset", []), raw.get("tags.data_md5", [])):
         md5s.setdefault(flag, set()).add(md5)
     ids: set[str] = set()
     flags = {c.dataset for c in declared.cells()}
     for flag in flags:
-        for md5 in md5s.get(flag, set()) | {get_spec(flag).md5}:
+        for md5 in md5s.get(flag, set()) | {datasets.get_spec(flag).md5}:
             cells = declared.cells(lambda f, size=None, m=md5: m)
             ids |= {i for c in cells if c.dataset == flag for i in (c.cell_id, c.group_id)}
     return ids
@@ -214,8 +214,6 @@ def tidy(export: pd.DataFrame) -> pd.DataFrame:
 
 def scores_frame(export: pd.DataFrame, protocol: str = "official") -> pd.DataFrame:
     """Download the test scores of the export's cell runs on ``protocol`` (binary datasets)."""
-    from bench import data as D
-    from bench.runner import UNGATED_SCORES
     from bench.tracking import run_csv
 
     rows, labelled = [], set()
@@ -229,7 +227,7 @@ def scores_frame(export: pd.DataFrame, protocol: str = "official") -> pd.DataFra
             key = f"{r.run_id}:ungated" if name == UNGATED_SCORES else r.run_id
             rows.append({"key": key, "dataset": dataset, "scores": " ".join(f"{x:.6g}" for x in frame.iloc[:, 0])})
         if dataset not in labelled and files:
-            y = D.load(dataset).splits["test"].y.numpy()[:, 0]
+            y = datafiles.labels(dataset, "test")[:, 0]
             rows.append({"key": f"labels:{dataset}", "dataset": dataset, "scores": " ".join(map(str, y.tolist()))})
             labelled.add(dataset)
     return pd.DataFrame(rows, columns=["key", "dataset", "scores"])

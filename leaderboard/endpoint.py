@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pandas as pd
 
+from bench import catalog
 from bench.analysis import DAM, Analysis
 from leaderboard.aggregate import PAIR_KEYS, pair_diffs
 
@@ -55,5 +56,5 @@ def describe(a: Analysis) -> str:
     p = a.primary
     treatment = "each dataset's DAM recipe" if p.treatment == DAM else f"`{p.treatment}`"
     control = "its sampler- and optimizer-matched control (the loss effect)" if p.control == "matched" else f"`{p.control}`"
-    metric = {"test_auc": "test AUC", "test_auprc": "test AUPRC"}.get(p.metric, p.metric)
+    metric = f"test {catalog.metric(p.metric).short}"
     return f"Δ {metric} of {treatment} − {control}, {p.selection}, {p.protocol} split, pooled over datasets"

@@ -18,10 +18,17 @@ import numpy as np
 import pandas as pd
 
 from bench.analysis import DAM, Analysis
-from leaderboard.aggregate import FINDING_KEYS, PRIMARY_PROTOCOL, hierarchical_ci, pair_diffs, paired_row, units
+from bench.catalog import paper_row
+from leaderboard.aggregate import (
+    FINDING_KEYS,
+    PRIMARY_PROTOCOL,
+    hierarchical_ci,
+    pair_diffs,
+    paired_row,
+    units,
+)
 from leaderboard.endpoint import describe, endpoint_metric, primary_pairs
 from leaderboard.format import fmt, fmt_p, table
-from leaderboard.render import paper_row
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 BEGIN = "<!-- BEGIN GENERATED: {name} (bench leaderboard --suite {suite} --readme) -->"

@@ -63,8 +63,9 @@ class PowerLine:
 
 def pilot_sd(pilot: str, leaderboard_dir: Path = LEADERBOARD) -> tuple[float, int]:
     """SD of the paired differences of ``pilot``'s primary endpoint, from its committed run export."""
-    from bench.config import load_suite
+    from bench import analysis as AN
     from bench.errors import ConfigError
+    from bench.suitefile import load_merged, suite_path
     from leaderboard import aggregate as A
     from leaderboard import collect
     from leaderboard.endpoint import primary_pairs
@@ -73,11 +74,12 @@ def pilot_sd(pilot: str, leaderboard_dir: Path = LEADERBOARD) -> tuple[float, in
     if not csv.is_file():
         raise ConfigError(f"power pilot '{pilot}': no run export {csv}; name a suite whose runs are committed "
                           f"(leaderboard/*-runs.csv)")
-    suite = load_suite(pilot)
-    if suite.analysis.primary is None:
+    path = suite_path(pilot)
+    analysis = AN.parse(load_merged(path).get("analysis"), str(path))  # only its endpoint: no cells, no torch
+    if analysis.primary is None:
         raise ConfigError(f"power pilot '{pilot}' declares no analysis.primary: its paired differences are undefined")
     runs = collect.tidy(collect.read_csv(csv))
-    pairs = primary_pairs(A.units(runs), suite.analysis)
+    pairs = primary_pairs(A.units(runs), analysis)
     d = pairs["d"].to_numpy(dtype=float)
     d = d[np.isfinite(d)]
     return (float(np.std(d, ddof=1)) if len(d) > 1 else float("nan")), len(d)

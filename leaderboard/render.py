@@ -5,16 +5,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import yaml
 
-from leaderboard.aggregate import TEST_METRICS
+from bench.catalog import COLUMNS, TEST_METRICS, best_row, load_reference, paper_row
 from leaderboard.format import fmt, fmt_p, signed, table
 
-REFERENCE = Path(__file__).with_name("reference.yaml")
-COLUMNS = {  # metric -> header; every metric here is higher-is-better
-    "test_auc": "test AUC", "test_auprc": "AUPRC", "test_f1": "F1", "test_acc": "ACC",
-    "test_acc_tuned": "ACC (val thr.)", "test_f1_tuned": "F1 (val thr.)",
-}
 CONTROL_TEXT = {
     "ce_ft": "the budget-matched control `ce_ft` (same CE checkpoint, fine-tuning epochs, schedule and epoch-0 "
              "gating; CE loss with Adam on shuffled batches): the difference mixes the DAM recipe's sampler, optimizer "
@@ -22,36 +16,6 @@ CONTROL_TEXT = {
     "ce": "`ce` (the CE model the fine-tuning recipes start from): the difference also contains the extra "
           "fine-tuning epochs and the extra validation-selected candidate",
 }
-
-
-def load_reference() -> dict:
-    return yaml.safe_load(REFERENCE.read_text())
-
-
-def paper_row(ref: dict, dataset: str, model: str, size: int) -> tuple[str, float, float, bool] | None:
-    """(paper row, AUC, ACC, like-for-like) for a group, or None when the paper has no such row.
-
-    The row is the paper model our model is (``ModelInfo.paper``) at the input size the paper
-    used for it; a light variant gets its full model's row with like-for-like False.
-    """
-    from bench.models import MODELS, model_info
-
-    table_ = (ref.get("results") or {}).get(dataset)
-    if not table_ or model not in MODELS:
-        return None
-    info = model_info(model)
-    if info.paper not in table_ or ref.get("row_sizes", {}).get(info.paper, 28) != size:
-        return None
-    auc, acc = table_[info.paper]
-    return info.paper, auc, acc, info.paper_faithful
-
-
-def best_row(ref: dict, dataset: str) -> tuple[str, float, float] | None:
-    table_ = (ref.get("results") or {}).get(dataset)
-    if not table_:
-        return None
-    best = max(table_, key=lambda k: table_[k][0])
-    return best, *table_[best]
 
 
 def _aug(value) -> str:

@@ -1,7 +1,7 @@
 """Generalization under shift: tables, paired tests and a chart over the runs' corrupted-set AUCs.
 
 Pure functions of a runs frame (one row per run: dataset, recipe, model, aug, protocol,
-seed, fold, test_auc, and the metrics of :mod:`bench.shift.metrics`:
+seed, fold, test_auc, and the metrics of :mod:`bench.catalog` (shift metrics):
 ``shift_<corruption>_s<k>_auc``, ``shift_auc_mean``, ``shift_auc_drop``). Runs without
 shift metrics (NaN ``shift_auc_mean``: the dataset has no corruption set, or the run was
 not scored) are left out.
@@ -20,7 +20,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bench.shift.metrics import DROP, MEAN, parse_metric
+from bench.catalog import SHIFT_DROP as DROP
+from bench.catalog import SHIFT_MEAN as MEAN
+from bench.catalog import parse_shift_metric as parse_metric
 from leaderboard.aggregate import DEFAULT_CONTROLS, GROUP_KEYS, paired, units
 from leaderboard.format import fmt
 from leaderboard.render import save_chart

@@ -138,7 +138,7 @@ def test_mlproject_parameters_are_quoted_and_validated():
 def test_checkpoints_load_weights_only(tmp_path):
     import torch
 
-    from bench.runner import load_checkpoint
+    from bench.models import load_checkpoint
 
     class Evil:
         def __reduce__(self):

@@ -1,6 +1,7 @@
 import pytest
 
-from bench.config import Cell, available_suites, load_suite
+from bench.config import Cell, load_suite
+from bench.suitefile import available_suites
 from bench.errors import ConfigError
 
 GOOD = """
@@ -88,7 +89,7 @@ def test_cv5_expands_to_five_folds(suites):
         (GOOD.replace("breastmnist]", "breastmnst]"), r"unknown dataset 'breastmnst' in .*grid\.dataset \(did you mean 'breastmnist'\?\)"),
         (GOOD.replace("[ce, aucm]", "[ce, acum]"), r"unknown objective or recipe 'acum'.*\(did you mean 'aucm'\?\)"),
         (GOOD + "models: {2d: resnet18_82}\n", r"unknown model 'resnet18_82'.*models\.2d"),
-        (GOOD + "train: {epochs: many}\n", r"'train\.epochs' must be a int"),
+        (GOOD + "train: {epochs: many}\n", r"'train\.epochs' must be an int, got 'many'"),
         (GOOD.replace("seed: [0, 1]", "seed: [zero]"), r"grid\.seed values must be integers"),
         (GOOD.replace("seed: [0, 1]", "seed: []"), r"grid\.seed is empty"),
         (GOOD + "objectives: {aucm: {margn: 1.0}}\n", r"unknown hyperparameter 'margn'.*did you mean 'margin'"),
@@ -103,6 +104,77 @@ def test_validation_errors_name_file_key_and_suggestion(suites, text, match):
         load_suite("t")
     assert str(path) in str(e.value) or "t.yaml" in str(e.value)
     assert "\n" not in str(e.value)
+
+
+# The suite schema (bench.config.SuiteSchema, pydantic) reports its first problem as one line: the
+# file, the key path, what is wrong and what to write instead (a did-you-mean, the keys known there).
+@pytest.mark.parametrize("extra, key_path, hint", [
+    ("descripton: a suite", "'descripton'", "did you mean 'description'?"),  # unknown top-level key
+    ("train: {batch_sise: 8}", "'train.batch_sise'", "did you mean 'batch_size'?"),
+    ("finetune: {epoch: 2}", "'finetune.epoch'", "did you mean 'epochs'?"),
+    ("train: {epochs: 2.5}", "'train.epochs'", "must be an int, got 2.5"),  # wrong types
+    ("train: {ema: fast}", "'train.ema'", "must be a number, got 'fast'"),
+    ("train: {tta: 1}", "'train.tta'", "must be a str, got 1"),
+    ("train: {voxel_scale: 1}", "'train.voxel_scale'", "must be a bool, got 1"),
+    ("train: {epochs: true}", "'train.epochs'", "must be an int, got True"),  # a bool is not an int
+    ("size: false", "'size'", "must be an int, got False"),
+    ("train: {swa: .nan}", "'train.swa'", "must be a finite number, got nan"),
+    ("models: {2D: resnet18_28}", "'models.2D'", "did you mean '2d'?"),
+    ("grid: {seeds: [0]}", "'grid.seeds'", "did you mean 'seed'?"),
+    ("recipes: {ft: {objective: aucm, init_from: ce, parms: {lr: 0.1}}}", "'recipes.ft.parms'",
+     "did you mean 'params'?"),  # unknown key in recipes.X
+    ("recipes: {ft: {objective: aucm, match: {recipe: ce, param: all}}}", "'recipes.ft.match.param'",
+     "did you mean 'params'?"),
+    ("recipes: {ft: [aucm]}", "'recipes.ft'", "must be a mapping, got ['aucm']"),
+    ("datasets: {breastmnist: {modle: resnet18_28}}", "'datasets.breastmnist.modle'",
+     "did you mean 'model'?"),  # unknown key in datasets.X
+    ("datasets: {breastmnist: {train: {epochz: 3}}}", "'datasets.breastmnist.train.epochz'", "did you mean 'epochs'?"),
+    ("datasets: {breastmnist: {recipes: {ce: {trian: {}}}}}\nrecipes: {ce: {objective: ce}}",
+     "'datasets.breastmnist.recipes.ce.trian'", "did you mean 'train'?"),
+    ("datasets: {breastmnist: {size: '28'}}", "'datasets.breastmnist.size'", "must be an int, got '28'"),
+    ("objectives: {aucm: null}", "'objectives.aucm'", "must be a mapping, got None"),
+    ("objectives: {aucm: {lr: .inf}}", "aucm.lr", "expected a finite number, got inf"),  # non-finite hyperparameter
+    ("objectives: {aucm: {decay_epochs: [0.5, .nan]}}", "aucm.decay_epochs", "expected a list of finite numbers"),
+    ("objectives: {aucm: {lr: true}}", "aucm.lr", "expected a number, got True"),
+    ("objectives: {aucm: {margn: 1.0}}", "'margn' for objective 'aucm'", "did you mean 'margin'?"),
+    ("analysis: {primay: {control: ce}}", "'analysis.primay'", "did you mean 'primary'?"),  # analysis: is in the schema
+    ("analysis: {decompose: {aucm: {adm: ce}}}", "'analysis.decompose.aucm.adm'", "did you mean 'adam'?"),
+    ("analysis: {controls: ce}", "'analysis.controls'", "must be a list, got 'ce'"),
+    ("analysis: {primary: {control: ce, selection: best}}", "'analysis.primary.selection'", "'gated' or 'ungated'"),
+    ("analysis: {power: {alpha: 0.1}}", "'analysis.power.pilot'", "is required"),
+    ("grids: [{dataset: [breastmnist], recip: [ce]}]", "'grids[0].recip'", "did you mean 'recipe'?"),
+])
+def test_schema_errors_are_one_line_with_key_path_and_suggestion(suites, extra, key_path, hint):
+    path = suites("t", GOOD + extra + "\n")
+    with pytest.raises(ConfigError) as e:
+        load_suite("t")
+    msg = str(e.value)
+    assert "\n" not in msg and len(msg) < 400, msg  # never pydantic's multi-line dump
+    assert str(path) in msg and key_path in msg and hint in msg, msg
+    assert "validation error" not in msg and "errors.pydantic.dev" not in msg
+
+
+def test_unknown_keys_list_the_known_ones(suites):
+    suites("t", GOOD + "train: {epoch: 2}\n")
+    with pytest.raises(ConfigError, match=r"known keys here: epochs, batch_size, eval_batch_size, precision, patience"):
+        load_suite("t")
+
+
+def test_the_train_schema_is_the_train_config_fields():
+    import dataclasses
+
+    from bench.config import SuiteSchema, Train, TrainConfig
+
+    assert list(Train.model_fields) == [f.name for f in dataclasses.fields(TrainConfig)]
+    assert SuiteSchema.model_fields["train"].annotation is Train
+
+
+def test_validation_leaves_the_values_cells_are_built_from(suites):
+    """The schema checks; it does not convert: ``ema: 0`` stays the int 0 a cell id was computed from."""
+    suites("t", GOOD + "train: {ema: 0}\n")
+    s = load_suite("t")
+    assert s.doc["train"]["ema"] == 0 and type(s.doc["train"]["ema"]) is int
+    assert type(s.cells()[0].train.ema) is int
 
 
 def test_invalid_yaml_names_line(suites):

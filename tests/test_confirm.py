@@ -58,7 +58,7 @@ def test_confirm_schema_migration_changed_no_one_stage_cell():
 
 
 def test_confirm_v3_seeds_are_fresh_and_its_design_is_the_registered_one():
-    from bench.config import available_suites
+    from bench.suitefile import available_suites
 
     others = [n for n in available_suites() if n != "confirm_v3"]
     used = set().union(*({c.seed for c in load_suite(n).cells()} for n in others))

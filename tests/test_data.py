@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from bench import data as D
+from bench import datafiles as F
 from bench.errors import ConfigError, DataError
 from tests.conftest import make_npz
 
@@ -18,7 +19,7 @@ def test_real_breast_loads_verified(real_dir):
 
 def test_md5_is_cached(real_dir, tmp_path):
     path = real_dir / "breastmnist.npz"
-    assert D.file_md5(path) == D.file_md5(path)
+    assert F.file_md5(path) == F.file_md5(path)
     assert (tmp_path / "cache" / "md5.json").is_file()
 
 
@@ -32,7 +33,7 @@ def test_md5_mismatch_is_an_error_unless_opted_in(tmp_path):
 
 def test_env_opt_in(tmp_path, monkeypatch):
     make_npz(tmp_path, "breastmnist")
-    monkeypatch.setenv(D.ALLOW_UNVERIFIED_ENV, "1")
+    monkeypatch.setenv(F.ALLOW_UNVERIFIED_ENV, "1")
     assert not D.load("breastmnist", tmp_path).verified
 
 

@@ -61,3 +61,36 @@ def test_threshold_ties_prefer_half():
     y = np.array([[0], [1]])
     p1 = np.array([[0.0], [1.0]])
     assert E.tune_thresholds(y, p1, 1)["acc"][0] == 0.5
+
+
+def test_every_declared_metric_is_computed_and_nothing_else(binary):
+    from bench.catalog import METRIC_NAMES
+
+    y, p1 = binary
+    val, test, _ = E.score_val_test(y, p1, y, p1, positive_label=1)
+    assert tuple(val) == METRIC_NAMES and tuple(test) == METRIC_NAMES
+
+
+def _scan(y, p1, score_fn):
+    """The O(n^2) reference: score every candidate threshold (0.5 and the midpoints) directly."""
+    u = np.unique(p1)
+    cands = np.concatenate([[0.5], (u[:-1] + u[1:]) / 2 if len(u) > 1 else []])
+    vals = np.array([score_fn(y, p1 > t) for t in cands])
+    best = np.flatnonzero(vals >= vals.max() - 1e-12)
+    return float(cands[best[np.argmin(np.abs(cands[best] - 0.5))]])
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_roc_curve_thresholds_equal_the_direct_scan(seed):
+    """Ties, one-class labels, float32 scores and either positive class included."""
+    from sklearn.metrics import accuracy_score, f1_score
+
+    rng = np.random.default_rng(seed)
+    for _ in range(60):
+        n = int(rng.integers(1, 30))
+        y = (rng.random(n) < rng.random()).astype(int)
+        p1 = np.round(rng.random(n), int(rng.integers(1, 3))).astype(rng.choice([np.float32, np.float64]))
+        assert E._best_threshold(y, p1, "acc") == _scan(y, p1, accuracy_score)
+        for pl in (0, 1):
+            f1 = lambda yj, pred, pl=pl: f1_score(yj == pl, pred if pl == 1 else ~pred, zero_division=0)  # noqa: E731
+            assert E._best_threshold(y, p1, "f1", pl) == _scan(y, p1, f1)

@@ -6,8 +6,9 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Metric, Param
 
+from bench import catalog
 from leaderboard import aggregate as A
 from leaderboard import collect, render
 from leaderboard.build import build_leaderboard
@@ -74,7 +75,7 @@ def test_incomplete_group_is_marked():
     agg = A.aggregate(runs)
     inc = agg[agg["incomplete"]]
     assert len(inc) == 1 and inc.iloc[0]["n"] == 2 and inc.iloc[0]["expected_n"] == 3
-    table = render.dataset_table(agg, render.load_reference(), "breastmnist", 28, "official")
+    table = render.dataset_table(agg, catalog.load_reference(), "breastmnist", 28, "official")
     assert "2 of 3 (incomplete)" in table
 
 
@@ -157,7 +158,7 @@ def test_chart_draws_the_aggregated_means(tmp_path):
         for recipe, m, s in zip(recipes, means, stds):
             row = agg[(agg.dataset == "breastmnist") & (agg.recipe == recipe) & (agg.aug == aug)].iloc[0]
             assert m == pytest.approx(row["test_auc_mean"]) and s == pytest.approx(row["test_auc_std"])
-    render.chart(agg, "breastmnist", render.load_reference(), tmp_path / "c.png")
+    render.chart(agg, "breastmnist", catalog.load_reference(), tmp_path / "c.png")
     import matplotlib.image as mpimg
 
     img = mpimg.imread(tmp_path / "c.png")
@@ -232,7 +233,7 @@ def test_groups_name_their_code_and_flag_mixed_or_dirty_code():
     runs.loc[(runs.recipe == "ce") & (runs.seed == 0), "dirty"] = True
     agg = A.aggregate(runs).set_index("recipe")
     assert agg.loc["aucm", "mixed_code"] and not agg.loc["ce", "mixed_code"] and agg.loc["ce", "dirty"]
-    table = render.dataset_table(agg.reset_index(), render.load_reference(), "b", 28, "official")
+    table = render.dataset_table(agg.reset_index(), catalog.load_reference(), "b", 28, "official")
     assert "bbbb2222,cccc3333 ⚠ mixed code" in table and "aaaa1111 ⚠ dirty tree" in table
     assert "1 run(s) from a dirty tree" in render.code_line(runs)
 
@@ -247,7 +248,8 @@ def test_committed_leaderboards_regenerate_byte_for_byte(runs_csv, tmp_path):
     """Every committed leaderboard is exactly what its run export generates (nothing typed by hand)."""
     import re
 
-    from bench.config import available_suites, load_suite
+    from bench.config import load_suite
+    from bench.suitefile import available_suites
 
     suite = runs_csv.name[: -len("-runs.csv")]
     committed = runs_csv.with_name(f"{suite}.md").read_text()
@@ -330,5 +332,5 @@ def test_findings_pair_official_runs_even_when_the_dataset_also_ran_cv5():
     from bench import analysis as AN
 
     a = AN.parse({"controls": ["ce_ft"], "families": {"dam": ["aucm_ft"]}})
-    text = findings.findings("x", runs, A.aggregate(runs), a, render.load_reference())
+    text = findings.findings("x", runs, A.aggregate(runs), a, catalog.load_reference())
     assert "0.030 ± 0.000 [0.030, 0.030], 3/0/0" in text and "-0.100" not in text

@@ -2,7 +2,8 @@ import pytest
 import torch
 
 from bench.errors import ConfigError
-from bench.models import MODELS, create_model, model_info
+from bench.catalog import model_info
+from bench.models import MODELS, create_model
 
 
 @pytest.mark.parametrize("name", MODELS.names())

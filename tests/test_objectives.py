@@ -82,6 +82,48 @@ def test_wrong_hyperparameter_type():
         cls.params(dict(base_config()["objectives"]["ce"], lr="fast"))
 
 
+@pytest.mark.parametrize("name, value, match", [
+    ("lr", True, r"ce\.lr in s\.yaml: expected a number, got True"),  # a bool is not a number
+    ("lr", "1e-3", r"ce\.lr in s\.yaml: expected a number, got '1e-3'"),
+    ("lr", float("nan"), r"ce\.lr in s\.yaml: expected a finite number, got nan"),
+    ("weight_decay", float("inf"), r"ce\.weight_decay in s\.yaml: expected a finite number, got inf"),
+    ("decay_epochs", 0.5, r"ce\.decay_epochs in s\.yaml: expected a list of numbers, got 0\.5"),
+    ("decay_epochs", [0.5, True], r"ce\.decay_epochs in s\.yaml: expected a list of numbers, got \[0\.5, True\]"),
+    ("decay_epochs", {0.5, 0.75}, r"ce\.decay_epochs in s\.yaml: expected a list of numbers"),
+    ("decay_epochs", [0.5, float("inf")], r"ce\.decay_epochs in s\.yaml: expected a list of finite numbers"),
+])
+def test_bad_hyperparameter_values_are_one_line_errors(name, value, match):
+    cls = OBJECTIVES.get("ce")
+    with pytest.raises(ConfigError, match=match) as e:
+        cls.params(dict(base_config()["objectives"]["ce"], **{name: value}), where="s.yaml")
+    assert "\n" not in str(e.value)
+
+
+def test_hyperparameter_types_ints_become_floats_and_int_fields_stay_strict():
+    compauc = OBJECTIVES.get("compauc")
+    base = base_config()["objectives"]["compauc"]
+    p = compauc.params(dict(base, lr=1, decay_epochs=[1, 0.5], k=3))
+    assert type(p.lr) is float and p.lr == 1.0 and p.decay_epochs == (1.0, 0.5) and type(p.decay_epochs) is tuple
+    assert type(p.k) is int and p.k == 3
+    for bad in (3.0, True, "3"):
+        with pytest.raises(ConfigError, match=r"compauc\.k: expected an integer"):
+            compauc.params(dict(base, k=bad))
+    with pytest.raises(ConfigError, match=r"compauc\.version: expected a string, got 2"):
+        compauc.params(dict(base, version=2))
+
+
+def test_unknown_and_missing_hyperparameters():
+    cls = OBJECTIVES.get("aucm")
+    values = dict(base_config()["objectives"]["aucm"])
+    with pytest.raises(ConfigError, match=r"unknown hyperparameter 'margn' for objective 'aucm' in x "
+                                          r"\(did you mean 'margin'\?\); known: lr, weight_decay, decay_epochs"):
+        cls.params({**values, "margn": 1.0}, where="x")
+    del values["margin"], values["momentum"]
+    with pytest.raises(ConfigError, match=r"objective 'aucm' lacks hyperparameters \['margin', 'momentum'\] "
+                                          r"\(set them in suites/_base\.yaml\)"):
+        cls.params(values)
+
+
 def test_sampler_batches_are_seeded():
     cls = OBJECTIVES.get("aucm")
     params = cls.params(base_config()["objectives"]["aucm"])

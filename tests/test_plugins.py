@@ -5,7 +5,7 @@ import mlflow
 import pytest
 from click.testing import CliRunner
 
-from bench import provenance
+from bench import catalog, provenance
 from bench.cli import main
 from bench.config import load_suite
 from bench.errors import ConfigError
@@ -78,5 +78,5 @@ def test_entry_points_are_loaded(monkeypatch, tmp_path):
 
     assert "tiny_ep" in MODELS
     sys.modules.pop("ep_models", None)
-    MODELS._items.pop("tiny_ep"), MODELS.meta.pop("tiny_ep")
+    MODELS._items.pop("tiny_ep"), MODELS.meta.pop("tiny_ep"), catalog.remove_model("tiny_ep")
     provenance.code_digest.cache_clear()

@@ -3,13 +3,13 @@ training, every selection step and every validation number unchanged."""
 import json
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 
 from bench import data as D
 from bench import runner
-from bench.config import base_config, deep_merge, expand, suites_dir
+from bench.config import base_config, expand
+from bench.suitefile import deep_merge, suites_dir
 from tests.conftest import make_npz
 
 

@@ -11,22 +11,29 @@ import numpy as np
 import pytest
 import torch
 
-from bench.errors import ConfigError, DataError, NotApplicable
-from bench.shift import (
+from bench.augment import medmnistc_augment
+from bench.catalog import parse_shift_metric as parse_metric
+from bench.catalog import shift_metric as metric_name
+from bench.corrupt import (
     build_corrupted,
-    corrupted_test_set,
     corruption_names,
     has_shift,
-    medmnistc_augment,
     medmnistc_compat,
     not_applicable_reason,
-    summarize,
     torchio3d,
     versions,
 )
+from bench.errors import (
+    INSTALL_HINT,
+    ConfigError,
+    CorruptionFailed,
+    DataError,
+    MissingExtra,
+    NotApplicable,
+)
+from bench.shift import corrupted_test_set
 from bench.shift.cache import array_digest, cache_path, default_cache_dir
-from bench.shift.errors import INSTALL_HINT, CorruptionFailed, MissingExtra
-from bench.shift.metrics import metric_name, parse_metric
+from bench.shift.scoring import summarize
 
 REPO = Path(__file__).resolve().parent.parent
 needs_medmnistc = pytest.mark.skipif(not has_shift("breastmnist"), reason=str(not_applicable_reason("breastmnist")))
@@ -190,7 +197,7 @@ def test_gamma_is_excluded_only_for_binary_masks():
     assert "gamma" in corruption_names("synapsemnist3d")
     mask = (synthetic((28, 28, 28), n=1) > 128).astype(np.uint8) * 255
     # why it is excluded: a gamma curve leaves a 0/255 mask exactly as it was
-    from bench.shift.seeds import image_seed
+    from bench.corrupt.seeds import image_seed
 
     with torchio3d.corruptor("gamma", 5) as fn:
         assert np.array_equal(fn(mask[0], image_seed("x", "gamma", 5, 0)), mask[0])
@@ -339,7 +346,7 @@ def test_missing_extra_keeps_only_the_first_line_of_the_cause():
 
 
 def test_importing_the_package_does_not_import_the_backends():
-    code = "import sys, bench.shift; print(sorted(m for m in ('medmnistc', 'torchio', 'wand') if m in sys.modules))"
+    code = "import sys, bench.shift, bench.augment; print(sorted(m for m in ('medmnistc', 'torchio', 'wand') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 

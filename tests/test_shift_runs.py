@@ -5,7 +5,7 @@ from click.testing import CliRunner
 
 from bench.cli import main
 from bench.driver import run_suite
-from bench.shift import has_shift, not_applicable_reason
+from bench.corrupt import has_shift, not_applicable_reason
 from bench.tracking import tracking_uri
 
 pytestmark = pytest.mark.skipif(not has_shift("breastmnist"), reason=str(not_applicable_reason("breastmnist")))

@@ -1,12 +1,20 @@
+import importlib.util
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
 from bench import data as D
-from bench.config import base_config, deep_merge, expand, suites_dir
+from bench.config import base_config, expand
+from bench.suitefile import deep_merge, suites_dir
 from bench.evaluate import predict
-from bench.models import MODELS, create_model, model_info
-from bench.train import fit, seed_everything, swa_start_epoch, to_memory_format, use_bf16
+from bench.catalog import model_info
+from bench.models import MODELS, create_model
+from bench.device import use_bf16
+from bench.models import to_memory_format
+from bench.train import fit, seed_everything, swa_start_epoch
 from tests.conftest import make_npz
 
 
@@ -149,3 +157,61 @@ def test_bf16_layout_never_breaks_a_registered_model(name):
     x = torch.randn(2, 1, *([28] * dims))
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert model(x).shape == (2, 1)
+
+
+ROOT = Path(__file__).resolve().parent.parent
+GOLDEN = ROOT / "tests" / "data" / "fit_golden.json"
+
+
+def _fit_identity():
+    """benchmarks/fit_identity.py recorded the golden file; the test runs the very same cells."""
+    spec = importlib.util.spec_from_file_location("fit_identity", ROOT / "benchmarks" / "fit_identity.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _close_to_golden(got: dict, want: dict) -> None:
+    """Another ISA or torch build rounds floats differently: numbers close, every decision the same."""
+    assert got.keys() == want.keys()
+    for name, w in want.items():
+        g = got[name]
+        assert [h["epoch"] for h in g["history"]] == [h["epoch"] for h in w["history"]], name
+        for hg, hw in zip(g["history"], w["history"]):
+            assert hg["train_loss"] == pytest.approx(hw["train_loss"], abs=1e-4, nan_ok=True), (name, hg["epoch"])
+            assert hg["val_auc"] == pytest.approx(hw["val_auc"], abs=2e-3), (name, hg["epoch"])
+            assert hg["val_auprc"] == pytest.approx(hw["val_auprc"], abs=2e-3), (name, hg["epoch"])
+            assert hg["lr"] == pytest.approx(hw["lr"], rel=1e-9), (name, hg["epoch"])
+        for key in ("best_epoch", "optimizer_steps", "train_samples", "bf16"):
+            assert g[key] == w[key], (name, key)
+        assert g["best_val_auc"] == pytest.approx(w["best_val_auc"], abs=2e-3), name
+        assert (g["ungated"] is None) == (w["ungated"] is None), name
+        if w["ungated"] is not None:
+            assert g["ungated"]["epoch"] == w["ungated"]["epoch"], name
+            assert g["ungated"]["val_auc"] == pytest.approx(w["ungated"]["val_auc"], abs=2e-3), name
+
+
+def test_fit_reproduces_the_golden_record_on_real_breastmnist():
+    """CE, then an AUCM fine-tune of it that validation gates back to epoch 0 (so the ungated
+    candidate is returned), on the first 64 real BreastMNIST training images, fp32, one thread:
+    the per-epoch numbers, the selection and the selected weights are those recorded before
+    ``fit`` was restructured -- bit for bit on a CPU like the recording one."""
+    fi = _fit_identity()
+    if not Path(fi.data_file()).is_file():
+        pytest.skip(f"{fi.data_file()} is absent: point BENCH_DATA_DIR at a folder with the real breastmnist.npz")
+    golden = json.loads(GOLDEN.read_text())
+    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    try:
+        got = fi.run_tiny()
+    finally:
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(deterministic)
+    assert got["n_train"] == golden["n_train"]
+    assert got["cells"]["aucm_ft_gate"]["best_epoch"] == 0 and got["cells"]["aucm_ft_gate"]["ungated"]["epoch"] >= 1
+    same_machine = {k: got["machine"][k] for k in ("cpu_flags", "torch")} == \
+        {k: golden["machine"][k] for k in ("cpu_flags", "torch")}
+    if same_machine:
+        differences = fi.diff(golden["cells"], got["cells"])
+        assert not differences, "\n".join(differences)
+    else:
+        _close_to_golden(got["cells"], golden["cells"])

@@ -5,6 +5,7 @@ import pandas as pd
 import pytest
 import torch
 
+from bench import catalog
 from bench import data as D
 from bench.config import load_suite, source_cell
 from bench.errors import BenchError, ConfigError
@@ -156,8 +157,9 @@ def test_a_gated_fine_tune_reports_its_ungated_candidate(breast, monkeypatch):
     """Validation AUC per epoch is scripted (epoch 0 best, then 0.6 / 0.8 / 0.7): the selected
     model is epoch 0 (gated) and the ungated candidate is epoch 2, the best epoch >= 1."""
     import bench.train as T
-    from bench.config import base_config, deep_merge, expand, suites_dir
+    from bench.config import base_config, expand
     from bench.models import create_model
+    from bench.suitefile import deep_merge, suites_dir
 
     data, proto = breast
     doc = deep_merge(base_config(), {
@@ -243,7 +245,7 @@ def test_findings_keep_two_augs_of_one_recipe_apart():
                 "ce_ft": (lambda s: 0.90, lambda s: False, lambda s: 0.90),
                 "aucm_ft": (lambda s: 0.85, lambda s: False, lambda s: 0.85)}, aug="on", seeds=range(3))
     runs = pd.concat([off, on], ignore_index=True)
-    text = findings.findings("x", runs, A.aggregate(runs), _analysis(), render.load_reference())
+    text = findings.findings("x", runs, A.aggregate(runs), _analysis(), catalog.load_reference())
     rows = [line for line in text.splitlines() if "`aucm_ft` − `ce_ft`" in line]
     assert len(rows) == 2
     assert any("| off |" in r and "| 5 |" in r and "0.010 ± 0.000" in r for r in rows)
@@ -261,7 +263,7 @@ def test_findings_report_gate_share_ungated_delta_effective_n_and_decomposition(
                   "ce_ft_pesg": (lambda s: 0.805 + 0.001 * s, lambda s: False, lambda s: 0.805 + 0.001 * s),
                   "aucm_ft": (lambda s: 0.80 if gated(s) else 0.82, gated, lambda s: 0.79 + 0.01 * s)})
     a = _analysis(primary={"control": "matched", "selection": "ungated"})
-    text = findings.findings("x", runs, A.aggregate(runs), a, render.load_reference())
+    text = findings.findings("x", runs, A.aggregate(runs), a, catalog.load_reference())
     assert "| `aucm_ft` | DAM | 5 | 0.808 ± 0.011 | 3/5 |" in text
     assert "| `ce_ft_dual` | sampler-matched control |" in text
     row = next(line for line in text.splitlines() if "`aucm_ft` − `ce` |" in line)
@@ -278,11 +280,11 @@ def test_paper_verdicts_use_the_ci_and_carry_the_marks():
     runs = _runs({"ce": (lambda s: 0.89 + 0.01 * s, lambda s: False, lambda s: 0.0)}, dataset="breastmnist")
     runs.loc[0, "data_verified"] = False
     agg = A.aggregate(runs)
-    text = findings._paper(render.load_reference(), agg.iloc[0], 28)
+    text = findings._paper(catalog.load_reference(), agg.iloc[0], 28)
     assert text.startswith("CI includes 0.901 (ResNet-18 (28)), 95% CI [") and text.endswith("‡")
     light = agg.assign(model="resnet18_3d_tiny", dataset="vesselmnist3d").iloc[0]
-    assert findings._paper(render.load_reference(), light, 28).startswith("above 0.874") or "†" in \
-        findings._paper(render.load_reference(), light, 28)
+    assert findings._paper(catalog.load_reference(), light, 28).startswith("above 0.874") or "†" in \
+        findings._paper(catalog.load_reference(), light, 28)
 
 
 # --------------------------------------------------------------------------- sources
@@ -299,7 +301,7 @@ def test_a_stale_pair_is_refused_and_flagged_when_allowed(tmp_path):
         check_sources(runs, allow_mismatched=False)
     flagged = check_sources(runs, allow_mismatched=True)
     assert list(flagged["status"]) == ["ok", "mismatch", "ok"]
-    text = findings.findings("x", runs, A.aggregate(runs), _analysis(controls=["ce"]), render.load_reference(),
+    text = findings.findings("x", runs, A.aggregate(runs), _analysis(controls=["ce"]), catalog.load_reference(),
                              sources=flagged)
     assert "⚠ 1 started from another run than the one they are paired with" in text
 
@@ -341,8 +343,9 @@ def test_the_digest_covers_shift_and_ensembles_and_runs_record_versions():
     from bench import provenance as P
 
     assert "bench.ensemble" in P.NUMERIC_MODULES
-    names = {f.name for f in P._package_files("bench.shift")}
+    names = {f.name for f in P._package_files("bench.corrupt")}
     assert {"corruptions.py", "medmnistc_compat.py", "corruptions3d.yaml"} <= names
+    assert {"cache.py", "scoring.py"} <= {f.name for f in P._package_files("bench.shift")}
     assert P.versions().startswith("torch=") and "libauc=" in P.versions() and "numpy=" in P.versions()
     assert "bench_versions" in P.run_tags()
 
@@ -352,7 +355,7 @@ def test_a_group_mixing_threads_or_versions_is_flagged():
     runs["threads"], runs["versions"], runs["precision"] = ["2", "2", "1"], "torch=1", "bf16"
     agg = A.aggregate(runs)
     assert agg.iloc[0]["mixed_other"] == "mixed CPU thread counts"
-    table = render.dataset_table(agg, render.load_reference(), "b", 28, "official")
+    table = render.dataset_table(agg, catalog.load_reference(), "b", 28, "official")
     assert "⚠ mixed CPU thread counts" in table
 
 
@@ -371,7 +374,8 @@ def test_deterministic_flag_is_recorded_and_enters_the_id_only_when_set(suites):
 @pytest.mark.parametrize("name", [m for m in __import__("bench.models", fromlist=["MODELS"]).MODELS.names()
                                   if m.endswith("_tiny") or m == "resnet18_28"])
 def test_load_model_gives_every_registered_model_its_bf16_layout(name):
-    from bench.models import create_model, load_model, model_info
+    from bench.catalog import model_info
+    from bench.models import create_model, load_model
 
     dims = model_info(name).dims
     state = create_model(name, 1, 1).state_dict()

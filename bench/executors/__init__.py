@@ -87,7 +87,9 @@ def _local(jobs: int | None = None, **options):
 
 
 def _ray(**options):
-    from bench.executors.ray_executor import RayExecutor  # imports no Ray until connect()
+    from bench.executors.ray_executor import (
+        RayExecutor,  # imports no Ray until connect()
+    )
 
     return RayExecutor(**options)
 

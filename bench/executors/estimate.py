@@ -6,12 +6,12 @@ Estimates feed the ETA log lines, ``bench suite --dry-run`` and the makespan pla
 from __future__ import annotations
 
 from bench import datasets as DS
+from bench.catalog import model_info
 from bench.config import Cell
-from bench.models import model_info
 
 # Measured on this project's reference machine (2 CPU cores, Zen4) with
 # benchmarks/throughput.py and real cells: images or volumes per second (train, eval) in the
-# precision actually used (2D bf16; 3D fp32, see bench.train.use_bf16). Estimates only.
+# precision actually used (2D bf16; 3D fp32, see bench.device.use_bf16). Estimates only.
 CPU_SPEED = {
     "resnet18_28": (160.0, 470.0),
     "resnet18_3d": (2.1, 6.2),

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from bench.config import Cell, Suite, source_cell
 from bench.errors import ConfigError
 from bench.executors.resources import ResourcePolicy, Resources
-from bench.registry import did_you_mean
 from bench.executors.worker import CellTask
+from bench.registry import did_you_mean
 
 CHECKPOINT_POLICIES = {
     "all": "every cell keeps model.pt (bench shift and fine-tuning can use any run)",

@@ -10,8 +10,8 @@ import time
 from typing import Iterator
 
 from bench.executors import Cluster, Executor, local_cluster
-from bench.executors.graph import Plan, Schedule
 from bench.executors.estimate import estimate_seconds
+from bench.executors.graph import Plan, Schedule
 from bench.executors.worker import run_task
 
 log = logging.getLogger("bench.driver")

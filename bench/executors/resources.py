@@ -19,10 +19,10 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench.catalog import model_info
 from bench.config import Cell
 from bench.datasets import DEFAULT_SIZE
 from bench.errors import ConfigError
-from bench.models import model_info
 from bench.registry import did_you_mean
 
 

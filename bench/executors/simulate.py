@@ -19,9 +19,9 @@ import math
 from dataclasses import dataclass, replace
 
 from bench import datasets as DS
+from bench.executors.estimate import estimate_parts
 from bench.executors.graph import Plan, PlannedCell
 from bench.executors.resources import DEFAULTS, size_class
-from bench.executors.estimate import estimate_parts
 
 # ASSUMPTION (not measured; no GPU was available): speed of one cell on one data-centre GPU
 # (A10G/L4 class) relative to the 2-core reference CPU of bench.executors.estimate. Small 28 px
@@ -218,8 +218,8 @@ def makespan_report(plan: Plan, measured: dict, workers: Workers, max_concurrent
     out = [
         f"plan for {workers.n} worker(s) x ({workers.cpus:g} CPU" + (f", {workers.gpus} GPU" if gpu else "") + ")"
         + (f", at most {max_concurrent} cells at once" if max_concurrent else "") + ":",
-        f"  cell times: " + ", ".join(f"{n} {how}" for how, n in sorted(sources.items())) + " (measured = mean "
-        f"train_seconds of the group's FINISHED runs + scoring and start-up)",
+        "  cell times: " + ", ".join(f"{n} {how}" for how, n in sorted(sources.items())) + " (measured = mean "
+        "train_seconds of the group's FINISHED runs + scoring and start-up)",
         f"  packing: {packing(plan, workers)}",
         f"  critical path: {len(chain)} cell(s), {_hours(crit_s)}" + (f" ({' -> '.join(p.task.cell.run_name for p in chain)})"
                                                                      if 1 < len(chain) <= 4 else ""),

@@ -25,9 +25,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench import data as D
+from bench import datafiles as F
+from bench.catalog import CHECKPOINT
 from bench.config import Cell
 from bench.errors import BenchError
-from bench.runner import CHECKPOINT, CellResult, load_checkpoint, run_one
+from bench.models import load_checkpoint
+from bench.runner import CellResult, run_one
 
 log = logging.getLogger(__name__)
 
@@ -111,8 +114,8 @@ def check_data(cell: Cell, ctx: WorkerContext) -> None:
     if not cell.data_fingerprint:
         return
     spec = D.get_spec(cell.dataset, cell.size)
-    path = D.locate(spec, D.data_dir(data_root(cell, ctx)))
-    actual = D.file_md5(path)
+    path = F.locate(spec, F.data_dir(data_root(cell, ctx)))
+    actual = F.file_md5(path)
     if actual != cell.data_fingerprint:
         raise CellRefused(f"data file {path} on {host()} has MD5 {actual}, but the driver planned this cell for MD5 "
                           f"{cell.data_fingerprint} (the cell id depends on it); give every worker the driver's "

@@ -7,7 +7,7 @@ arrays for each run. Layout::
     <cache_dir>/<flag>/<data_md5>/<corruption>_s<severity>_<impl>.npy.sha256
 
 ``data_md5`` identifies the clean test images; ``impl`` is the first 16 hex digits of
-:func:`~bench.shift.corruptions.corruption_digest` (parameters, seed scheme, library
+:func:`~bench.corrupt.corruptions.corruption_digest` (parameters, seed scheme, library
 versions), so an upgrade builds new files instead of serving stale ones. The ``.sha256``
 file holds the sha256 of the array bytes and is verified on every read: a file that does
 not match (damaged, truncated or edited) is logged and rebuilt. Both files are written to
@@ -26,8 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.corrupt.corruptions import build_corrupted, check, corruption_digest
 from bench.errors import ConfigError
-from bench.shift.corruptions import build_corrupted, check, corruption_digest
 
 log = logging.getLogger(__name__)
 

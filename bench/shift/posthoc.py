@@ -17,10 +17,10 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from bench import data as D
-from bench.models import load_model
-from bench.runner import CHECKPOINT, load_checkpoint
+from bench.catalog import CHECKPOINT
+from bench.device import select_device, use_bf16
+from bench.models import load_checkpoint, load_model
 from bench.shift.scoring import require_backends, score_and_log
-from bench.train import select_device, use_bf16
 
 log = logging.getLogger(__name__)
 

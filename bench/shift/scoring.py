@@ -10,16 +10,22 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Mapping
 
 import numpy as np
 import torch
 
+from bench.catalog import SHIFT_DROP, SHIFT_MEAN, shift_metric
+from bench.corrupt.corruptions import (
+    SEVERITIES,
+    corruption_names,
+    not_applicable_reason,
+    versions,
+)
 from bench.data import Split
+from bench.errors import MissingExtra
 from bench.evaluate import auc, predict, to_label1
 from bench.shift.cache import corrupted_test_set
-from bench.shift.corruptions import SEVERITIES, corruption_names, not_applicable_reason, versions
-from bench.shift.errors import MissingExtra
-from bench.shift.metrics import MEAN, summarize
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +85,7 @@ def score_and_log(model, data, run, *, tta: str, eval_batch_size: int, device, b
     metrics["shift_seconds"] = time.perf_counter() - t0
     run.metrics(metrics)
     run.tags({"shift_status": "scored", **{f"shift_version_{k}": v for k, v in versions().items() if v}})
-    log.info("%s under shift: AUC %.4f (clean %.4f), %d sets in %.0fs", data.spec.flag, metrics[MEAN], test_auc,
+    log.info("%s under shift: AUC %.4f (clean %.4f), %d sets in %.0fs", data.spec.flag, metrics[SHIFT_MEAN], test_auc,
              len(metrics) - 3, metrics["shift_seconds"])
     return metrics
 
@@ -89,3 +95,13 @@ def after_test(scored, run) -> None:
     cfg = scored.cell.train
     score_and_log(scored.model, scored.data, run, tta=cfg.tta, eval_batch_size=cfg.eval_batch_size,
                   device=scored.device, bf16=scored.bf16, x_scale=scored.x_scale, test_auc=scored.test_auc)
+
+
+def summarize(test_auc: float, aucs: Mapping[tuple[str, int], float]) -> dict[str, float]:
+    """Every metric to log for one run, from its clean test AUC and its AUC per (corruption, severity)."""
+    if not aucs:
+        raise ValueError("no corrupted-set AUCs to summarize")
+    out = {shift_metric(c, k): float(v) for (c, k), v in aucs.items()}
+    out[SHIFT_MEAN] = float(np.mean(list(aucs.values())))
+    out[SHIFT_DROP] = float(test_auc) - out[SHIFT_MEAN]
+    return out

@@ -78,7 +78,7 @@ grid: {{dataset: [{flag}], recipe: [{objective}], aug: [true], seed: [0], protoc
 def test_study_recipes_run_on_datasets_without_local_data(synth_dir, suites, flag, model):
     """The study's two-stage recipes, exactly as `full` declares them, on synthetic files of the
     official layout for the three datasets that have no data here (1 epoch each stage)."""
-    from bench.config import load_merged
+    from bench.suitefile import load_merged
 
     full = load_merged(Path(__file__).parents[2] / "suites" / "full.yaml")  # recipes may live in _base.yaml
     recipes = {name: spec for name, spec in full["recipes"].items()

@@ -1,16 +1,16 @@
 """The registry of corruption sets: which dataset is scored on which corruptions, and building one.
 
 ``sets.yaml`` maps each dataset to a backend: MedMNIST-C's own 2D registry
-(:mod:`bench.shift.medmnistc_compat`) or the TorchIO 3D transforms of ``corruptions3d.yaml``
-(:mod:`bench.shift.torchio3d`). A dataset not listed there, or whose backend package is not
+(:mod:`bench.corrupt.medmnistc_compat`) or the TorchIO 3D transforms of ``corruptions3d.yaml``
+(:mod:`bench.corrupt.torchio3d`). A dataset not listed there, or whose backend package is not
 installed, has no corruption set; :func:`not_applicable_reason` says which and why, so a run
 can record "not applicable" instead of failing.
 
 Building is deterministic: image ``i`` of (flag, corruption, severity) is corrupted with
-:func:`bench.shift.seeds.image_seed`, so the bytes do not depend on the order, the process
+:func:`bench.corrupt.seeds.image_seed`, so the bytes do not depend on the order, the process
 or the machine (given the library versions that :func:`versions` reports). Every image is
 checked; a corruption that raises or returns the wrong shape or dtype stops the build with
-:class:`~bench.shift.errors.CorruptionFailed` naming it, its severity and the image index.
+:class:`~bench.errors.CorruptionFailed` naming it, its severity and the image index.
 """
 from __future__ import annotations
 
@@ -25,11 +25,10 @@ from typing import Callable, Iterator
 import numpy as np
 import yaml
 
-from bench.errors import ConfigError, NotApplicable
+from bench.corrupt import medmnistc_compat, torchio3d
+from bench.corrupt.seeds import SCHEME, image_seed
+from bench.errors import ConfigError, CorruptionFailed, MissingExtra, NotApplicable
 from bench.registry import unknown
-from bench.shift import medmnistc_compat, torchio3d
-from bench.shift.errors import CorruptionFailed, MissingExtra
-from bench.shift.seeds import SCHEME, image_seed
 
 SETS_FILE = Path(__file__).with_name("sets.yaml")
 SEVERITIES = (1, 2, 3, 4, 5)

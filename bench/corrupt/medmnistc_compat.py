@@ -34,8 +34,8 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from bench.shift.errors import MissingExtra
-from bench.shift.threads import single_threaded
+from bench.corrupt.threads import single_threaded
+from bench.errors import MissingExtra
 
 _LOCK = threading.Lock()  # the views are module globals of medmnistc: one user at a time
 
@@ -110,7 +110,7 @@ class _Cv2View:
 def patched() -> Iterator[Callable[[int], None]]:
     """Bind the views into medmnistc's modules; yields ``reseed(seed)`` for the next image.
 
-    Also runs on one torch thread (torchvision's blur and gamma), see :mod:`bench.shift.threads`.
+    Also runs on one torch thread (torchvision's blur and gamma), see :mod:`bench.corrupt.threads`.
     """
     import cv2
 

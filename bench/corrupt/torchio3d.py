@@ -14,9 +14,8 @@ from typing import Callable, Iterator
 import numpy as np
 import yaml
 
-from bench.errors import ConfigError
-from bench.shift.errors import MissingExtra
-from bench.shift.threads import single_threaded
+from bench.corrupt.threads import single_threaded
+from bench.errors import ConfigError, MissingExtra
 
 SPEC_FILE = Path(__file__).with_name("corruptions3d.yaml")
 N_SEVERITIES = 5
