@@ -20,6 +20,7 @@ did-you-mean). Nothing else decides roles: there is no "objective != ce" rule an
       secondary_metrics: [test_auprc]
       power: {pilot: confirm}            # minimum detectable Δ in `bench suite --dry-run`
       select: {rule: "...", families: [ce, ce_ft, dam]}   # a search: which families compete
+      profiles: {taus: [0, 0.005, 0.01, 0.02, 0.05]}        # performance profiles in the leaderboard
 
 Decomposition. With ``adam`` (CE fine-tuning with Adam on shuffled batches, ``ce_ft``), ``sampler``
 (the same CE/Adam step on DualSampler batches at the DAM recipe's sampling rate: the same number
@@ -41,7 +42,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, field_validator
 
 from bench.catalog import TEST_METRICS
 from bench import schema as S
@@ -91,6 +92,22 @@ class Select(_Strict):
     families: list[str] | dict[str, list[str]]  # names in analysis.families (a dict declares them here)
 
 
+class Profiles(_Strict):
+    """Performance profiles in the leaderboard (leaderboard.profiles): the τ columns of the table."""
+    taus: list[float] = [0.0, 0.005, 0.01, 0.02, 0.05]  # additive gaps in test AUC
+
+    @field_validator("taus")
+    @classmethod
+    def _taus(cls, v: list[float]) -> list[float]:
+        if not v:
+            raise ValueError("needs at least one τ")
+        if any(not 0 <= t <= 1 for t in v):
+            raise ValueError("each τ must be in [0, 1] (a gap in AUC)")
+        if v != sorted(v):
+            raise ValueError("τ values must be sorted ascending")
+        return v
+
+
 class Analysis(_Strict):
     controls: list[str] = []
     families: dict[str, list[str]] = {}
@@ -100,6 +117,7 @@ class Analysis(_Strict):
     arms: dict[str, str] = {}  # family -> the recipe that is that family's arm (a confirmation of a search)
     power: Power | None = None
     select: Select | None = None
+    profiles: Profiles | None = None  # performance profiles in the leaderboard (opt-in)
 
     # ------------------------------------------------------------------ derived views
 

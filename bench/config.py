@@ -35,6 +35,7 @@ from bench.catalog import model_info
 from bench.models import MODELS
 from bench.objectives import OBJECTIVES
 from bench.registry import did_you_mean, unknown
+from bench.search import SearchSpec, expand_search
 from bench.suitefile import load_merged, suite_path, suites_dir
 
 log = logging.getLogger(__name__)
@@ -176,6 +177,7 @@ def load_suite(name: str) -> Suite:
     from bench.plugins import load_plugins  # before validation: plugins add names to the registries
 
     load_plugins(doc.get("plugins") or [], path)
+    doc = expand_search(doc, path)  # search: -> one recipe per trial in the grid (bench.search)
     validate(doc, path)
     suite_name = doc.get("suite") or path.stem
     cells = expand(doc, path, lambda flag, size=None: "")  # validates names and the grid now, not mid-run
@@ -300,6 +302,7 @@ class SuiteSchema(BaseModel):
     analysis: AN.Analysis | None = None  # roles, controls and endpoints (bench.analysis)
     resources: Any = None  # executor resources per cell (bench.executors.resources)
     checkpoints: str = None  # all | needed: which runs keep model.pt (bench.executors.graph)
+    search: SearchSpec = None  # declared search spaces, expanded into trial recipes at load (bench.search)
 
 
 def _no_family(doc: dict, path: Path) -> None:

@@ -113,6 +113,9 @@ def dry_run(suite: Suite, cells: list[Cell], finished: dict) -> str:
               f"{todo_s / 3600:.1f} h on 2 CPU cores for the cells to run")
     if suite.runtime:
         footer += f"\nsuite file says: {suite.runtime}"
+    from bench.search import describe  # search: one line per searched family and the budget line
+
+    footer += "".join(f"\n{line}" for line in describe(suite.doc, suite.path))
     return tabulate(rows, head, tablefmt="simple") + footer
 
 

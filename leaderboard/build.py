@@ -7,7 +7,7 @@ from pathlib import Path
 
 from bench import catalog
 from leaderboard import aggregate as A
-from leaderboard import collect, findings, render, selection
+from leaderboard import collect, findings, profiles, render, selection
 from leaderboard import shift as S
 
 log = logging.getLogger(__name__)
@@ -102,6 +102,13 @@ def build_leaderboard(suite: str, *, out_dir=None, from_csv=None, experiment=Non
     if record is not None:
         extra += ["", "## Search record (selection on validation AUC, applied in code)", "", record]
         (out / f"{suite}-selection.md").write_text(record + "\n")
+    profile_chart = f"{suite}-profiles.png" if analysis.profiles is not None else None
+    if profile_chart:  # opt-in (analysis.profiles): committed leaderboards without it are unchanged
+        taus = analysis.profiles.taus
+        extra += ["", profiles.TITLE, "", profiles.profile_table(agg, taus), "",
+                  f"![performance profiles]({profile_chart})"]
+        if charts:
+            profiles.profile_chart(agg, taus, out / profile_chart)
     power = None
     if analysis.power is not None and getattr(declared, "cells", None) is not None:
         from leaderboard.power import (
@@ -128,7 +135,8 @@ def build_leaderboard(suite: str, *, out_dir=None, from_csv=None, experiment=Non
     if parent_run_id:
         from bench.tracking import log_files
 
-        files = [md_path, out / f"{suite}.csv"] + [out / f for f in chart_files.values() if (out / f).exists()]
+        pngs = list(chart_files.values()) + ([profile_chart] if profile_chart else [])
+        files = [md_path, out / f"{suite}.csv"] + [out / f for f in pngs if (out / f).exists()]
         log_files(parent_run_id, files, "leaderboard")
     log.info("leaderboard of %s: %d runs, %d groups -> %s", suite, len(runs), len(agg), md_path)
     return md_path

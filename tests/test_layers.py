@@ -29,7 +29,7 @@ LAYERS: dict[str, int] = {
     # 2: the pieces a cell is made of
     "bench.augment": 2, "bench.models": 2, "bench.evaluate": 2, "bench.objectives": 2,
     # 3: suite YAML -> cells (validates names against the registries below it)
-    "bench.config": 3, "bench.plugins": 3,
+    "bench.config": 3, "bench.plugins": 3, "bench.search": 3,
     # 4: fit, and scoring on corrupted sets
     "bench.train": 4, "bench.shift": 4, "bench.shift.cache": 4, "bench.shift.scoring": 4, "bench.ensemble": 4,
     # 5: runner (data -> fit -> score)
@@ -43,7 +43,7 @@ LAYERS: dict[str, int] = {
     "bench.shift.posthoc": 7,  # re-scores finished runs of a store: drives models and tracking like an executor
     # 8: the leaderboard (reads tracking's runs or a -runs.csv)
     **{f"leaderboard.{m}": 8 for m in ("__init__", "aggregate", "build", "collect", "endpoint", "findings", "format",
-                                       "power", "render", "selection", "shift")},
+                                       "power", "profiles", "render", "selection", "shift")},
     "leaderboard": 8,
     # 9: entry points
     "bench.cli": 9, "bench.doctor": 9,
