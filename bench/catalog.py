@@ -96,6 +96,7 @@ class ModelInfo:
     paper_faithful: bool  # the paper's architecture (like-for-like comparisons allowed)
     description: str
     paper: str = ""  # the paper model this is (faithful) or stands in for (light variants)
+    torchvision: str = ""  # torchvision's pretrained weights for it (techniques: {init: torchvision}), if any
 
 
 @lru_cache(maxsize=1)

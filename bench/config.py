@@ -28,6 +28,7 @@ from bench import __version__
 from bench import analysis as AN
 from bench import datasets as DS
 from bench import schema as S
+from bench import techniques as TQ
 from bench.augment import aug_name
 from bench.data import N_FOLDS, PROTOCOLS
 from bench.errors import ConfigError
@@ -83,6 +84,8 @@ class Cell:
     # source's id, recursively) and group id are part of this cell's identity (bench.config.with_source).
     source_id: str = ""
     source_group_id: str = ""
+    # generalization techniques (bench.techniques): sorted (name, canonical value) pairs
+    techniques: tuple = ()
 
     @property
     def params_dict(self) -> dict:
@@ -96,6 +99,10 @@ class Cell:
         # do not use them stay what they were.
         if not self.train.deterministic:
             d["train"].pop("deterministic")
+        if not self.techniques:
+            d.pop("techniques")
+        else:
+            d["techniques"] = [[k, list(v) if isinstance(v, tuple) else v] for k, v in self.techniques]
         d.pop("source_id"), d.pop("source_group_id")
         if self.init_from:
             # fine-tuning cells also score their init checkpoint as a candidate ("epoch 0");
@@ -134,6 +141,7 @@ class Cell:
         }
         out.update({k: v for k, v in dataclasses.asdict(self.train).items()})
         out.update({f"{self.objective}.{k}": v for k, v in self.params})
+        out.update({f"technique.{k}": v for k, v in self.techniques})
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in out.items()}
 
 
@@ -154,6 +162,7 @@ class ResolvedRecipe:
     init_from: str | None
     train: tuple = ()  # (key, value) overrides of the train settings, e.g. fewer fine-tuning epochs
     model: str | None = None  # overrides the dataset's model (e.g. a CE recipe on ResNet-18+ACS)
+    techniques: tuple = ()  # sorted (name, value) pairs (bench.techniques)
 
 
 @dataclass(frozen=True)
@@ -261,6 +270,7 @@ class RecipeSpec(BaseModel):
     description: str = None
     model: str = None
     match: Match = None
+    techniques: dict[str, Any] = None  # technique name -> value: checked in bench.techniques.resolve
 
 
 class DatasetSpec(BaseModel):
@@ -369,26 +379,29 @@ def resolve_recipe(doc: dict, name: str, dataset: str, path: Path, _seen: tuple 
             raise ConfigError(f"{path}: recipes.{name} needs 'objective' (one of {', '.join(OBJECTIVES.names())})")
         family, over, init_from = spec["objective"], spec.get("params", {}) or {}, spec.get("init_from")
         train, model = tuple(sorted((spec.get("train") or {}).items())), spec.get("model")
+        techniques = spec.get("techniques")
     elif name in OBJECTIVES:
-        family, over, init_from, train, model = name, {}, None, (), None
+        family, over, init_from, train, model, techniques = name, {}, None, (), None, None
     else:
         raise unknown("objective or recipe", name, [*OBJECTIVES.names(), *recipes], where=f"{path}: grid.recipe")
     cls = OBJECTIVES.get(family, where=f"{path}: recipes.{name}.objective")
+    techniques = TQ.resolve(techniques, TQ.Where(name, family, cls.bce, init_from, DS.dims_of(dataset), path))
     values = dict((doc.get("objectives") or {}).get(family, {}))
     values.update(((doc.get("datasets") or {}).get(dataset, {}).get("objectives") or {}).get(family, {}) or {})
     values.update(over)
     if name in recipes and "match" in spec:
-        values.update(_matched(doc, name, spec, cls, dict(over), init_from, train, dataset, path, _seen))
+        values.update(_matched(doc, name, spec, cls, dict(over), init_from, train, dataset, path, _seen, techniques))
     params = cls.params(values, where=f"{path} ({name} on {dataset})")
     if init_from is not None and init_from not in OBJECTIVES and init_from not in recipes:
         raise unknown("init_from recipe", init_from, [*OBJECTIVES.names(), *recipes], where=f"{path}: recipes.{name}")
     if init_from == name:
         raise ConfigError(f"{path}: recipes.{name}.init_from cannot name the recipe itself")
-    return ResolvedRecipe(name, family, tuple(sorted(dataclasses.asdict(params).items())), init_from, train, model)
+    return ResolvedRecipe(name, family, tuple(sorted(dataclasses.asdict(params).items())), init_from, train, model,
+                          techniques)
 
 
 def _matched(doc: dict, name: str, spec: dict, cls, own: dict, init_from, train: tuple, dataset: str, path: Path,
-             seen: tuple) -> dict:
+             seen: tuple, techniques: tuple = ()) -> dict:
     """``recipes.<name>.match: {recipe: R, params: [..] | all}``: take those hyperparameters from
     recipe R *as resolved for this dataset* (after every override), so a control stays matched to
     its treatment when a suite or dataset retunes the treatment. A matched control must start from
@@ -419,6 +432,9 @@ def _matched(doc: dict, name: str, spec: dict, cls, own: dict, init_from, train:
     if target.init_from != init_from or tuple(target.train) != tuple(train):
         raise ConfigError(f"{where}: '{name}' and '{target_name}' must start from the same source (init_from) with the "
                           f"same train overrides to be matched ({init_from!r} vs {target.init_from!r})")
+    if target.techniques != techniques:
+        raise ConfigError(f"{where}: '{name}' and '{target_name}' must use the same techniques to be matched "
+                          f"({dict(techniques)} vs {dict(target.techniques)})")
     return {k: target_params[k] for k in wanted}
 
 
@@ -539,8 +555,10 @@ def _expand_grid(doc: dict, path: Path, data_fingerprint) -> list[Cell]:
             model = _recipe_model(doc, rec, ds, path, dataset_model)
             if model_info(model).dims != dims:
                 raise ConfigError(f"{path}: model '{model}' is {model_info(model).dims}D but {ds} needs a {dims}D model")
+            if rec.techniques:
+                TQ.check_cell(rec.techniques, model, ds, size, f"{path}: recipes.{rec.name}.techniques ({ds})")
             cell = Cell(ds, rec.name, rec.objective, rec.params, model, aug, seed, proto, fold, train,
-                        rec.init_from, fp, size)
+                        rec.init_from, fp, size, techniques=rec.techniques)
             cells.append(with_source(doc, path, cell) if rec.init_from else cell)
     return cells
 
@@ -570,7 +588,7 @@ def source_cell(doc: dict, path: Path, cell: Cell, _depth: int = 0) -> Cell:
     src = dataclasses.replace(cell, recipe=rec.name, objective=rec.objective, params=rec.params,
                               init_from=rec.init_from, model=rec.model or cell.model,
                               train=resolve_train(doc, cell.dataset, path, rec.train, rec.init_from is not None),
-                              source_id="", source_group_id="")
+                              source_id="", source_group_id="", techniques=rec.techniques)
     return with_source(doc, path, src, _depth + 1) if src.init_from else src
 
 

@@ -107,6 +107,11 @@ def load(
     return MedData(spec=spec, path=path, md5=md5, verified=verified, splits=splits)
 
 
+def train_targets(y: torch.Tensor, sampler_label: int) -> torch.Tensor:
+    """Official labels (N, L) -> float targets of the class the model scores (see the module doc)."""
+    return (y == sampler_label).float() if y.shape[1] == 1 else y.float()
+
+
 def eval_x_scale(voxel_scale: bool, spec) -> float:
     """The factor evaluation inputs get: MedMNIST's shape transform scales binary masks by
     U(0, 1) in training and by its mean, 0.5, at evaluation (``train.voxel_scale``); else 1."""

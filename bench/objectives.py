@@ -28,12 +28,12 @@ from typing import Callable, ClassVar, Iterator
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from pydantic import BaseModel, ValidationError
 
 from bench import schema
 from bench.errors import ConfigError, NotApplicable
 from bench.registry import Registry, did_you_mean
+from bench.techniques import bce_loss
 
 OBJECTIVES: Registry = Registry("objective")
 
@@ -47,6 +47,15 @@ class TrainContext:
     batch_size: int
     seed: int
     device: torch.device
+    # CE techniques (bench.techniques): class weights (2, L), label smoothing, and -- for a
+    # pretraining union -- the (N, L) mask of the logits each sample supervises. Off by default.
+    class_weights: torch.Tensor | None = None
+    label_smoothing: float = 0.0
+    mask: torch.Tensor | None = None
+
+    def bce(self):
+        """The BCE loss with this run's CE techniques (exactly plain BCE without them)."""
+        return bce_loss(self.class_weights, self.label_smoothing, self.mask)
 
     @property
     def n(self) -> int:
@@ -155,6 +164,7 @@ class Objective:
     name: ClassVar[str]
     Params: ClassVar[type]
     multilabel: ClassVar[str | None] = None  # None: supported; else the reason it is not
+    bce: ClassVar[bool] = False  # its loss is BCE on logits: CE techniques apply (bench.techniques)
 
     @classmethod
     def params(cls, values: dict, where: str = "") -> object:
@@ -298,17 +308,13 @@ class CrossEntropy(Objective):
     """
 
     name = "ce"
-
+    bce = True
     Params = ScheduleParams
 
     @classmethod
     def build(cls, model, p, ctx):
         opt = torch.optim.Adam(model.parameters(), lr=p.lr, weight_decay=p.weight_decay)
-
-        def loss(logits, y, idx, task):
-            return F.binary_cross_entropy_with_logits(logits, y.float())
-
-        return Recipe(loss, opt, shuffled_batches(ctx), lr_decay(opt, ctx.epochs, p, False))
+        return Recipe(ctx.bce(), opt, shuffled_batches(ctx), lr_decay(opt, ctx.epochs, p, False))
 
 
 @OBJECTIVES.register("aucm")
@@ -595,10 +601,6 @@ def get_objective(name: str, where: str = "") -> type[Objective]:
 # its treatment with ``recipes.<name>.match`` (bench.config), never by copying numbers by hand.
 
 
-def _bce(logits, y, idx, task):
-    return F.binary_cross_entropy_with_logits(logits, y.float())
-
-
 def _quiet(factory):
     """LibAUC's optimizers print when built without an AUC loss ('AUCMLoss is not found!');
     the library has no switch for it, and a suite's log should not carry it for every cell."""
@@ -630,12 +632,13 @@ class CrossEntropyDualSampler(Objective):
     """
 
     name = "ce_dual"
+    bce = True
     Params = SampledParams
 
     @classmethod
     def build(cls, model, p, ctx):
         opt = torch.optim.Adam(model.parameters(), lr=p.lr, weight_decay=p.weight_decay)
-        return Recipe(_bce, opt, sampler_batches(ctx, p.sampling_rate), lr_decay(opt, ctx.epochs, p, False))
+        return Recipe(ctx.bce(), opt, sampler_batches(ctx, p.sampling_rate), lr_decay(opt, ctx.epochs, p, False))
 
 
 @OBJECTIVES.register("ce_pesg")
@@ -660,6 +663,7 @@ class CrossEntropyPESG(Objective):
     """
 
     name = "ce_pesg"
+    bce = True
 
     @dataclass(frozen=True)
     class Params(SampledParams):
@@ -674,7 +678,7 @@ class CrossEntropyPESG(Objective):
 
         opt = _quiet(lambda: PESG(model.parameters(), loss_fn=None, lr=p.lr, epoch_decay=p.epoch_decay,
                                   weight_decay=p.weight_decay, momentum=p.momentum, verbose=False, device=ctx.device))
-        return Recipe(_bce, opt, sampler_batches(ctx, p.sampling_rate), lr_decay(opt, ctx.epochs, p, True))
+        return Recipe(ctx.bce(), opt, sampler_batches(ctx, p.sampling_rate), lr_decay(opt, ctx.epochs, p, True))
 
 
 @OBJECTIVES.register("ce_pdsca")
@@ -696,6 +700,7 @@ class CrossEntropyPDSCA(Objective):
     """
 
     name = "ce_pdsca"
+    bce = True
     multilabel = "a matched control for the binary DAM recipes only"
 
     @dataclass(frozen=True)
@@ -713,5 +718,5 @@ class CrossEntropyPDSCA(Objective):
         holder = CompositionalAUCLoss(device=ctx.device)
         opt = PDSCA(model.parameters(), loss_fn=holder, lr=p.lr, beta1=p.beta1, beta2=0.0, epoch_decay=p.epoch_decay,
                     weight_decay=p.weight_decay, verbose=False, device=ctx.device)
-        return Recipe(_bce, opt, sampler_batches(ctx, p.sampling_rate),
+        return Recipe(ctx.bce(), opt, sampler_batches(ctx, p.sampling_rate),
                       lr_decay(opt, ctx.epochs, p, True, inner_lr=True))

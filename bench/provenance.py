@@ -36,6 +36,8 @@ NUMERIC_MODULES = (
     "bench.augment",
     "bench.models",
     "bench.objectives",
+    "bench.techniques",
+    "bench.pretrain",
     "bench.device",
     "bench.train",
     "bench.evaluate",

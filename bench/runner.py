@@ -20,6 +20,7 @@ from bench.errors import BenchError, NotApplicable
 from bench.evaluate import predict, score_val_test, to_label1
 from bench.models import save_checkpoint as write_checkpoint  # execute() has a save_checkpoint flag
 from bench.objectives import get_objective
+from bench.pretrain import build as build_union
 from bench.train import fit
 
 log = logging.getLogger(__name__)
@@ -104,8 +105,12 @@ def execute(cell: Cell, run, *, data_root=None, allow_unverified=None, init_stat
         keys = ("train_loss", "val_auc", "val_auprc", "epoch_seconds", "lr")
         run.metrics({k: rec[k] for k in keys if np.isfinite(rec[k])}, step=rec["epoch"])
 
+    union = None
+    if dict(cell.techniques).get("pretrain"):  # a multi-dataset pretraining stage (bench.pretrain)
+        union = build_union(cell, data, proto, sampler, data_root=data_root, allow_unverified=allow_unverified)
+        run.tags({"pretrain_union": ", ".join(f"{f}:{n}" for f, n in union.parts), "n_train_union": len(union.x)})
     result = fit(cell, proto, spec, sampler, pos, device=device, init_state=init_state, on_epoch=on_epoch,
-                 progress=progress)
+                 progress=progress, union=union)
     bs, x_scale = cell.train.eval_batch_size, D.eval_x_scale(cell.train.voxel_scale, spec)
     y_val = proto.val.y.numpy().astype(int)
     y_test = proto.test.y.numpy().astype(int)

@@ -28,11 +28,13 @@ from tqdm.auto import tqdm
 from bench.augment import AUGMENTATIONS
 from bench.config import Cell
 from bench.device import select_device, use_bf16
-from bench.data import DatasetSpec, Protocol, Split, eval_x_scale, scale
+from bench.data import DatasetSpec, Protocol, Split, eval_x_scale, scale, train_targets
 from bench.errors import TrainingDiverged
 from bench.evaluate import auc, auprc, autocast, predict, to_label1
 from bench.models import load_model, memory_format
+from bench import techniques as TQ
 from bench.objectives import TrainContext, get_objective
+from bench.pretrain import own_block
 
 log = logging.getLogger(__name__)
 
@@ -88,11 +90,6 @@ class FitResult:
     @property
     def gated(self) -> bool:
         return self.ungated is not None
-
-
-def train_targets(y: torch.Tensor, sampler_label: int) -> torch.Tensor:
-    """Official labels (N, L) -> float targets of the class the model scores (see bench.data)."""
-    return (y == sampler_label).float() if y.shape[1] == 1 else y.float()
 
 
 def swa_start_epoch(epochs: int, share: float) -> int:
@@ -277,6 +274,7 @@ def fit(
     init_state: dict | None = None,
     on_epoch: Callable[[dict], None] | None = None,
     progress: bool = True,
+    union=None,
 ) -> FitResult:
     """Train ``cell`` and return the state with the best validation AUC.
 
@@ -286,6 +284,11 @@ def fit(
     GPU path: the uint8 splits move to the device once, augmentation runs there, and the loop
     never waits for the device inside an epoch -- losses stay on the device and are checked for
     NaN/inf once per epoch (a diverged step is still reported with its epoch and step).
+
+    Techniques (``cell.techniques``, :mod:`bench.techniques`) hook in at four places: the network
+    (dropout, init), the CE loss (class weights, label smoothing, via the objective's context),
+    the batch (mixup/CutMix) and the data (``union``: a pretraining set from :mod:`bench.pretrain`,
+    trained with one block of logits per dataset and scored on the cell's own block).
     """
     cfg = cell.train
     device = device or select_device()
@@ -294,18 +297,31 @@ def fit(
     set_deterministic(cfg.deterministic)
     seed_everything(cell.seed)
     build = dict(dims=spec.dims, device=device, bf16=bf16)
-    model = load_model(cell.model, spec.n_channels, spec.n_labels, state=init_state, **build)
+    opts = TQ.Options.of(cell.techniques)
+    n_out = union.n_outputs if union is not None else spec.n_labels
+    model = load_model(cell.model, spec.n_channels, n_out, state=init_state, **build)
+    if init_state is None and opts.init is not None:  # pretrained start (draws nothing from the RNGs)
+        model.load_state_dict(TQ.initial_state(opts, cell.model, model))
+    TQ.add_dropout(model, opts.dropout)
+    head_keys = tuple(f"{n}.{k}" for n, m in model.named_modules() if m is TQ.head(model) for k in ("weight", "bias"))
+    if union is not None:  # train on every block; validation and test see the cell's own block only
+        lo, hi = union.block
+        model.register_forward_hook(lambda m, args, out: out if m.training else out[:, lo:hi])
 
     objective = get_objective(cell.objective)
     objective.check_task(spec.task == "multilabel")
-    train, val = proto.train.to(device), proto.val.to(device)
-    targets_cpu = train_targets(proto.train.y, sampler_label)
+    train_x = proto.train.x if union is None else union.x
+    train, val = train_x.to(device), proto.val.to(device)
+    targets_cpu = train_targets(proto.train.y, sampler_label) if union is None else union.targets
     targets = targets_cpu.to(device)
     labels = targets_cpu.numpy().astype(np.int64)
-    ctx = TrainContext(labels[:, 0] if spec.task == "binary" else labels, cfg.epochs, cfg.batch_size, cell.seed, device)
+    ctx = TrainContext(labels[:, 0] if labels.shape[1] == 1 else labels, cfg.epochs, cfg.batch_size, cell.seed, device,
+                       class_weights=TQ.class_weights(labels, opts.class_weight), label_smoothing=opts.label_smoothing,
+                       mask=None if union is None else union.mask.to(device))
     recipe = objective.build(model, objective.Params(**cell.params_dict), ctx)
     averaged, swa_from = averager(model, cfg)
-    batches = Batches(cell, spec, proto.train.x, train.x, bf16, device)
+    batches = Batches(cell, spec, train_x, train, bf16, device)
+    mixer = TQ.Mixer.of(opts, cell.seed, device)
     validation = Validation(cell, spec, val, proto.val.y.numpy().astype(int), sampler_label, positive_label, device, bf16)
     st = FitState(finetune=init_state is not None)
 
@@ -322,7 +338,10 @@ def fit(
         model.train()
         step_losses = []
         for x, idx, task in batches.epoch(recipe, epoch):
-            step_losses.append(train_step(model, recipe, x, targets[idx], idx, task, device, bf16))
+            y = targets[idx]
+            if mixer is not None:
+                x, y = mixer(x, y)
+            step_losses.append(train_step(model, recipe, x, y, idx, task, device, bf16))
             st.steps += 1
             st.samples += len(idx)
             if cfg.ema > 0:
@@ -359,10 +378,14 @@ def fit(
     bar.close()
 
     best, ungated = st.best, None
-    final = load_model(cell.model, spec.n_channels, spec.n_labels, state=best.state, **build)
+
+    def own(state):  # a pretraining union's checkpoint keeps the cell's block: a plain model of its dataset
+        return state if union is None else own_block(state, head_keys, union.block)
+
+    final = load_model(cell.model, spec.n_channels, spec.n_labels, state=own(best.state), **build)
     if best.epoch == 0 and st.ungated.state is not None:  # the gate kept the checkpoint
         u = st.ungated
-        ungated = Candidate(load_model(cell.model, spec.n_channels, spec.n_labels, state=u.state, **build),
+        ungated = Candidate(load_model(cell.model, spec.n_channels, spec.n_labels, state=own(u.state), **build),
                             u.epoch, u.val_auc, u.scores)
     return FitResult(final, best.epoch, best.val_auc, best.scores, st.history, st.t_train, st.samples, bf16,
                      st.stopped, st.steps, ungated)

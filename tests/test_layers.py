@@ -28,6 +28,7 @@ LAYERS: dict[str, int] = {
     "bench.corrupt.threads": 1,
     # 2: the pieces a cell is made of
     "bench.augment": 2, "bench.models": 2, "bench.evaluate": 2, "bench.objectives": 2,
+    "bench.techniques": 2, "bench.pretrain": 2,
     # 3: suite YAML -> cells (validates names against the registries below it)
     "bench.config": 3, "bench.plugins": 3, "bench.search": 3,
     # 4: fit, and scoring on corrupted sets
