@@ -25,7 +25,7 @@ $(BIN)/.installed: pyproject.toml
 	touch $@
 
 $(BIN)/.installed-test: $(BIN)/.installed
-	$(BIN)/python -m pip install -q -e '.[test,ray,postgres,shift]'
+	$(BIN)/python -m pip install -q -e '.[test,ray,postgres,shift,tune]'
 	$(BIN)/python -m pip install -q --no-deps $(MEDMNISTC)
 	touch $@
 

@@ -95,6 +95,11 @@ class Select(_Strict):
 class Profiles(_Strict):
     """Performance profiles in the leaderboard (leaderboard.profiles): the τ columns of the table."""
     taus: list[float] = [0.0, 0.005, 0.01, 0.02, 0.05]  # additive gaps in test AUC
+    per: list[Literal["seed"]] = []  # extra problem keys: [seed] makes each seed of a dataset a problem
+
+    @property
+    def keys(self) -> list[str]:
+        return ["dataset", "size", "protocol", *self.per]
 
     @field_validator("taus")
     @classmethod

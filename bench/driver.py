@@ -7,11 +7,16 @@ command again. The driver builds the plan (``bench.executors.graph``: the cells 
 for two-stage cells the dependency on their source cell), opens the parent run, and hands
 the plan to an executor (``bench.executors``: ``local`` in this process, ``ray`` on a
 cluster); every executor runs a cell with the same code, ``bench.executors.worker.run_task``.
+
+A ``search: {sampler: tpe}`` suite runs in rounds (:func:`_run_tpe`): each round asks every
+searched family's Optuna study (``bench.tpe``) for its next trial, runs that trial's cells through
+the same path as any cell, and tells the study their mean validation AUC.
 """
 from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 import time
 from collections import Counter
@@ -22,7 +27,8 @@ from tabulate import tabulate
 from bench import data as D
 from bench import datafiles as F
 from bench.config import Cell, Suite, load_suite
-from bench.errors import ConfigError
+from bench.errors import ConfigError, TrackingError
+from bench.executors import Executor
 from bench.executors.estimate import estimate_seconds
 from bench.registry import did_you_mean
 
@@ -254,10 +260,13 @@ def run_suite(name: str, options: RunOptions | None = None, **fields):
     """Run (or with ``options.dry`` plan) suite ``name``. ``fields`` are :class:`RunOptions` fields,
     for callers without an options value (tests, notebooks); they override ``options``."""
     o = dataclasses.replace(options or RunOptions(), **fields)
+    if not o.dry and _is_tpe(name):
+        return _run_tpe(name, o)
     return _run(name, o)
 
 
-def _run(name: str, o: RunOptions):
+def _run(name: str, o: RunOptions, keep=None):
+    """``keep``: a predicate on cells (after ``--only`` and ``--max-cells``): a tpe round's cells."""
     from bench.executors.graph import build_plan, checkpoint_policy, needed_sources
     from bench.executors.resources import check_requests, parse_resources
     from bench.tracking import (
@@ -273,6 +282,8 @@ def _run(name: str, o: RunOptions):
         if o.max_cells < 1:
             raise ConfigError("--max-cells must be >= 1")
         cells = cells[:o.max_cells]
+    if keep is not None:
+        cells = [c for c in cells if keep(c)]
     policy = parse_resources(suite.doc.get("resources"), suite.path)
     keep = checkpoint_policy(o.checkpoints or suite.doc.get("checkpoints"),
                              "--checkpoints" if o.checkpoints else f"{suite.path}: checkpoints")
@@ -339,3 +350,160 @@ def _workers(n, gpus, cpus):
     if n < 1:
         raise ConfigError("--workers must be >= 1")
     return Workers(n, float(cpus or os.cpu_count() or 1), int(gpus or 0))
+
+
+# --------------------------------------------------------------------------- search: {sampler: tpe}
+
+
+def _is_tpe(name: str) -> bool:
+    """Whether suite ``name`` declares ``search: {sampler: tpe}`` (read cheaply: no cells yet)."""
+    from bench.suitefile import load_merged, suite_path
+
+    search = load_merged(suite_path(name)).get("search")
+    return isinstance(search, dict) and search.get("sampler") == "tpe"
+
+
+def _tpe_families(suite: Suite) -> list:
+    """The suite's tpe-searched families (``bench.search.Family``), as its study holds them now."""
+    from bench.search import families
+
+    return [f for f in families(suite.doc, suite.path, expanded=True) if f.sampler == "tpe"]
+
+
+class _Shared(Executor):
+    """One executor for every round of a tpe search: a Ray cluster or a worker pool is connected
+    once, not once per round (each round's ``with ex:`` closes only this wrapper)."""
+
+    def __init__(self, inner: Executor):
+        self.inner, self.name, self.remote = inner, inner.name, inner.remote
+
+    def connect(self) -> None:
+        self.inner.connect()
+
+    def check_store(self, tracker) -> None:
+        self.inner.check_store(tracker)
+
+    def cluster(self):
+        return self.inner.cluster()
+
+    def run(self, plan, ctx, tracker):
+        return self.inner.run(plan, ctx, tracker)
+
+
+def _run_tpe(name: str, o: RunOptions) -> Summary:
+    """A tpe search: rounds, then the rest of the grid. Round ``t`` asks each family whose budget is
+    not spent for trial ``t`` (unless its study holds it: a resumed search runs it with the stored
+    parameters), runs the cells of those trials (every dataset and seed of the grid), and tells
+    each study its trial's mean validation AUC. Every family gets its ``trials`` asks; a family
+    whose trial cannot be scored (a cell failed) waits for the next invocation, since TPE's next
+    proposal depends on that value."""
+    from bench import tpe
+    from bench.search import trial_names
+    from bench.tracking import Tracker
+
+    if o.max_cells is not None:
+        raise ConfigError("--max-cells: a tpe search asks each trial from the results of the ones before, so it runs "
+                          "whole trials; narrow it with --only, or run it to the end")
+    suite = load_suite(name)
+    fams = _tpe_families(suite)
+    # MLflow opens (and if need be creates) the store before Optuna writes to it (bench.tpe)
+    tracker = Tracker(o.experiment or suite.experiment, reuse=suite.reuse)
+    url = tpe.storage_url(tracker.uri, f"{suite.path}: search.sampler")
+    total, blocked = Summary(suite.name), set()
+    trials = {r for f in fams for r in trial_names(f.recipe, f.trials)}
+    with make_executor(o.executor, o.address, o.max_concurrent, False, o.jobs) as ex:
+        rounds = dataclasses.replace(o, executor=_Shared(ex), leaderboard=False)
+        for t in range(max(f.trials for f in fams)):
+            due = [f for f in _tpe_families(load_suite(name)) if t < f.trials and f.recipe not in blocked]
+            if not due:
+                break
+            for f in due:
+                if f.asked <= t:
+                    _ask(tracker, url, suite, f, t)
+            names = {trial_names(f.recipe, f.trials)[t] for f in due}
+            log.info("tpe round %d: %s", t + 1, ", ".join(sorted(names)))
+            _merge(total, _run_round(name, rounds, tracker, names))
+            suite = load_suite(name)
+            blocked |= {f.recipe for f in due if not _tell(suite, tracker, url, f, t, o.data_root)}
+        _merge(total, _run(name, dataclasses.replace(o, executor=_Shared(ex)), keep=lambda c: c.recipe not in trials))
+    for recipe in sorted(blocked):
+        log.warning("tpe: %s waits for a trial that could not be scored (a cell did not finish); run the same "
+                    "command again to retry it and continue the search", recipe)
+    return total
+
+
+def _where(suite: Suite, f) -> str:
+    return f"{suite.path}: search.space.{f.recipe}"
+
+
+def _ask(tracker, url: str, suite: Suite, f, t: int, wait_s: float = 60.0) -> None:
+    """Ask family ``f``'s study for trial ``t`` unless it holds it by now, under a claim on the study
+    (``bench.claims``): two drivers of one suite never ask one trial twice."""
+    from bench import tpe
+    from bench.config import digest
+
+    study, where = tpe.study_name(suite.name, f.recipe), _where(suite, f)
+    deadline = time.monotonic() + wait_s
+    while (claim := tracker.claim(f"tpe-{digest(study)}")) is None:  # held for a second or less
+        if time.monotonic() > deadline:
+            raise TrackingError(f"{where}: another process has held study '{study}' for {wait_s:.0f} s; "
+                                f"is a driver of this suite stuck?")
+        time.sleep(0.2)
+    try:
+        if len(tpe.stored_trials(url, study, f.dims, where)) <= t:
+            tpe.ask(url, study, f.dims, f.seed, f.trials, where)
+    finally:
+        claim.release()
+
+
+def _run_round(name: str, o: RunOptions, tracker, names: set) -> Summary:
+    """The cells of this round's trials (after ``--only``), through the ordinary path; a round whose
+    cells have all finished opens no parent run."""
+    suite = load_suite(name)
+    cells = [c for c in select(suite.cells(data_fingerprint(o.data_root)), parse_only(tuple(o.only)))
+             if c.recipe in names]
+    finished = tracker.finished_cells()
+    if not o.rerun and all(c.cell_id in finished for c in cells):
+        return Summary(suite.name, skipped=len(cells))
+    return _run(name, o, keep=lambda c: c.recipe in names)
+
+
+def _merge(total: Summary, part: Summary) -> None:
+    total.results += part.results
+    total.skipped += part.skipped
+    total.claimed += part.claimed
+    total.seconds += part.seconds
+
+
+def _tell(suite: Suite, tracker, url: str, f, t: int, data_root) -> bool:
+    """Tell family ``f``'s study the value of trial ``t`` unless it has one; False when it cannot be
+    scored yet (a cell of the trial has no FINISHED run of this code)."""
+    from bench import tpe
+    from bench.search import trial_names
+
+    study, where = tpe.study_name(suite.name, f.recipe), _where(suite, f)
+    trial = tpe.stored_trials(url, study, f.dims, where)[t]
+    if trial.state != "running":
+        return True
+    recipe = trial_names(f.recipe, f.trials)[t]
+    value, missing = trial_value(tracker, [c for c in suite.cells(data_fingerprint(data_root)) if c.recipe == recipe])
+    if missing:
+        log.warning("tpe: %s has %d cell(s) without a FINISHED run; its value is not told", recipe, missing)
+        return False
+    tpe.tell(url, study, trial.number, None if math.isnan(value) else value, where)
+    log.info("tpe: %s mean validation AUC %.4f told to %s", recipe, value, study)
+    return True
+
+
+def trial_value(tracker, cells: list[Cell]) -> tuple[float, int]:
+    """(mean validation AUC of the cells' FINISHED runs, how many cells have none). Only ``val_auc``
+    is read -- never a test metric -- so the search selects on validation alone; not-applicable
+    cells have no AUC and are left out (NaN when no cell has one)."""
+    finished = tracker.finished_cells()
+    missing = sum(c.cell_id not in finished for c in cells)
+    if missing:
+        return math.nan, missing
+    runs = [tracker.finished_run(c.cell_id) for c in cells]
+    aucs = [r.data.metrics.get("val_auc") for r in runs if r is not None]
+    aucs = [a for a in aucs if a is not None and math.isfinite(a)]
+    return (sum(aucs) / len(aucs) if aucs else math.nan), 0

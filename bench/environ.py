@@ -1,8 +1,20 @@
-"""Temporary environment variables (MLflow and Ray read several settings from the environment)."""
+"""The environment: where the tracking store is, and temporary variables (MLflow and Ray read
+several settings from the environment)."""
 from __future__ import annotations
 
 import contextlib
 import os
+
+from bench.suitefile import PROJECT_ROOT
+
+
+def tracking_uri() -> str:
+    """``$MLFLOW_TRACKING_URI``, else an *absolute* SQLite file in the project folder
+    (MLflow's own default, ``sqlite:///mlflow.db``, depends on the working directory).
+
+    Here, below every layer, because a ``tpe`` search's trials live in the tracking database and
+    loading its suite (``bench.search``, below ``bench.tracking``) must find the same store."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{PROJECT_ROOT / 'mlflow.db'}"
 
 
 @contextlib.contextmanager

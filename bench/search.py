@@ -4,7 +4,7 @@ A suite may declare, per recipe of its grid, a space of hyperparameters and a nu
 
     search:
       trials: 8            # per family (recipe): every searched recipe gets the same number
-      sampler: sobol       # sobol (default) | halton  (scipy.stats.qmc, scrambled with `seed`)
+      sampler: sobol       # sobol (default) | halton  (scipy.stats.qmc, scrambled with `seed`) | tpe
       seed: 0
       space:
         ce: {lr: {log_uniform: [1.0e-4, 1.0e-2]}, weight_decay: {log_uniform: [1.0e-6, 1.0e-3]}}
@@ -19,6 +19,12 @@ their hyperparameters, they resume, run on every executor and are one MLflow run
 Distributions: ``log_uniform: [low, high]`` (low > 0; uniform in log space), ``uniform: [low, high]``,
 ``int_uniform: [a, b]`` (integers a..b inclusive, equally likely) and ``choice: [v1, v2, ..]``. One
 recipe's dimensions are sorted by name, so the draw does not depend on the order of the YAML keys.
+
+``sampler: tpe`` (Optuna's TPE; ``bench.tpe``) proposes each trial from the values of the ones
+before, so it cannot be expanded here in full: a tpe family's trials are those its Optuna study
+already holds (read from the tracking database, never written here), or -- before any -- its first
+trial, which depends on no result. The driver asks the rest, one round at a time. The naming,
+the recipes and the cells are the same as Sobol's.
 """
 from __future__ import annotations
 
@@ -35,7 +41,7 @@ from bench import schema as S
 from bench.errors import ConfigError
 from bench.registry import did_you_mean, unknown
 
-SAMPLERS = ("sobol", "halton")
+SAMPLERS = ("sobol", "halton", "tpe")
 KINDS = ("choice", "int_uniform", "log_uniform", "uniform")
 DEFAULT_SAMPLER = "sobol"
 DEFAULT_SEED = 0
@@ -46,7 +52,7 @@ class SearchSpec(BaseModel):
 
     model_config = S.STRICT
     trials: int | dict[str, int] = None  # required: checked in families
-    sampler: str = None  # sobol | halton
+    sampler: str = None  # sobol | halton | tpe
     seed: int = None
     space: dict[str, dict[str, dict[str, list]]] = None  # recipe -> hyperparameter -> {kind: [..]}
     unequal_budget_reason: str = None  # required only when per-recipe trials differ
@@ -61,8 +67,10 @@ class Family:
     sampler: str
     seed: int
     dims: tuple  # sorted (name, kind, values) triples
-    names: tuple = ()  # the trial recipes, R@t00 ..
+    names: tuple = ()  # the trial recipes, R@t00 .. (tpe: those in its study, or its first before any)
     params: tuple = ()  # per trial: {name: value}
+    asked: int = 0  # tpe: trials in the study
+    complete: int = 0  # tpe: ... of which have a value
 
 
 def _number(v) -> bool:
@@ -142,10 +150,12 @@ def families(doc: dict, path: Path, expanded: bool = False) -> list[Family]:
     if not isinstance(search, dict):
         raise ConfigError(f"{path}: search must be a mapping (trials, sampler, seed, space), got {search!r}")
     sampler = search.get("sampler", DEFAULT_SAMPLER)
-    if sampler == "tpe":
-        raise ConfigError(f"{path}: search.sampler: sampler 'tpe' is not available yet; use sobol or halton")
     if isinstance(sampler, str) and sampler not in SAMPLERS:
         raise unknown("sampler", sampler, SAMPLERS, where=f"{path}: search.sampler")
+    if sampler == "tpe":
+        from bench.tpe import require
+
+        require(f"{path}: search.sampler")  # a missing extra first: every later message assumes it
     space = search.get("space")
     for recipe, dims in (space.items() if isinstance(space, dict) else ()):
         for name, dist in (dims.items() if isinstance(dims, dict) else ()):
@@ -182,14 +192,36 @@ def families(doc: dict, path: Path, expanded: bool = False) -> list[Family]:
             (kind, values), = dist.items()
             _check_dim(kind, values, f"{where}.{name}")
             checked.append((name, kind, tuple(values)))
-        n = counts[recipe]
-        width = max(2, len(str(n - 1)))
-        points = draw(n, len(checked), sampler, seed)
-        params = tuple({name: _value(kind, values, u) for (name, kind, values), u in zip(checked, row)}
-                       for row in points)
-        out.append(Family(recipe, n, sampler, seed, tuple(checked),
-                          tuple(f"{recipe}@t{t:0{width}d}" for t in range(n)), params))
+        n, dims = counts[recipe], tuple(checked)
+        if sampler == "tpe":
+            params, asked, complete = _tpe_params(doc, path, recipe, dims, n, seed)
+        else:
+            points = draw(n, len(dims), sampler, seed)
+            params = tuple({name: _value(kind, values, u) for (name, kind, values), u in zip(dims, row)}
+                           for row in points)
+            asked = complete = 0
+        out.append(Family(recipe, n, sampler, seed, dims, trial_names(recipe, n)[:len(params)], params, asked, complete))
     return out
+
+
+def trial_names(recipe: str, n: int) -> tuple:
+    """The recipes of ``recipe``'s ``n`` trials: ``R@t00`` .. (wider when ``n`` > 100)."""
+    width = max(2, len(str(n - 1)))
+    return tuple(f"{recipe}@t{t:0{width}d}" for t in range(n))
+
+
+def _tpe_params(doc: dict, path: Path, recipe: str, dims: tuple, n: int, seed: int) -> tuple[tuple, int, int]:
+    """A tpe family's trial parameters (those in its study, at most ``n``; before any, its first
+    trial), how many trials the study holds and how many of them have a value."""
+    from bench import tpe
+    from bench.environ import tracking_uri
+
+    where = f"{path}: search.space.{recipe}"
+    url = tpe.storage_url(tracking_uri(), f"{path}: search.sampler")
+    stored = tpe.stored_trials(url, tpe.study_name(doc.get("suite") or path.stem, recipe), dims, where)[:n]
+    raw = [t.params for t in stored] or [tpe.first_trial(dims, seed, n, where)]
+    params = tuple({name: _rounded(kind, values, r[name]) for name, kind, values in dims} for r in raw)
+    return params, len(stored), sum(t.state == "complete" for t in stored)
 
 
 def draw(n: int, d: int, sampler: str, seed: int) -> list[list[float]]:
@@ -216,7 +248,18 @@ def _value(kind: str, values: tuple, u: float):
         x = math.exp(math.log(low) + u * (math.log(high) - math.log(low)))
     else:
         x = low + u * (high - low)
-    return float(min(high, max(low, float(f"{x:.6g}"))))  # 6 significant digits: readable ids and params
+    return _rounded(kind, values, x)
+
+
+def _rounded(kind: str, values: tuple, x):
+    """A sampled value as the trial's recipe holds it: floats to 6 significant digits (readable ids
+    and params), within the bounds; a tpe trial's value (as Optuna proposed it) likewise."""
+    if kind == "choice":
+        return x
+    low, high = values
+    if kind == "int_uniform":
+        return int(x)
+    return float(min(high, max(low, float(f"{x:.6g}"))))
 
 
 def expand_search(doc: dict, path: Path) -> dict:
@@ -258,13 +301,25 @@ def describe(doc: dict, path: Path) -> list[str]:
     fams = families(doc, path, expanded=True)
     if not fams:
         return []
-    lines = [f"search: {f.recipe} {f.trials} {f.sampler} trials over {', '.join(d[0] for d in f.dims)} (seed {f.seed})"
-             for f in fams]
+    lines = [_family_line(f) for f in fams]
     counts = {f.recipe: f.trials for f in fams}
     if len(set(counts.values())) == 1:
         lines.append(f"equal budget: every family {fams[0].trials} trials")
     else:
         shown = ", ".join(f"{r} {n}" for r, n in counts.items())
         lines.append(f"unequal budget ({shown}): {doc['search']['unequal_budget_reason']}")
+    if fams[0].sampler == "tpe":
+        lines.append("tpe asks each family's trials one at a time, from the validation AUC of the ones before: the "
+                     "cells listed are those of the trials already in the study (a family with none: its first "
+                     "trial), and running the suite asks the rest, round by round")
     return lines
+
+
+def _family_line(f: Family) -> str:
+    head = f"search: {f.recipe} {f.trials} {f.sampler} trials over {', '.join(d[0] for d in f.dims)} (seed {f.seed}"
+    if f.sampler != "tpe":
+        return head + ")"
+    from bench.tpe import startup_trials
+
+    return head + f", the first {startup_trials(f.trials)} random): {f.asked} in the study, {f.complete} with a value"
 

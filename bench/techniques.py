@@ -33,6 +33,11 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, ClassVar
 
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
 from bench.errors import ConfigError
 from bench.registry import Registry
 
@@ -358,11 +363,8 @@ class Options:
 # --------------------------------------------------------------------------- what they do (torch)
 
 
-def class_weights(labels, option) -> "torch.Tensor | None":
+def class_weights(labels, option) -> torch.Tensor | None:
     """Per-label (w_negative, w_positive) as a (2, L) tensor from the training targets (0/1, (N,) or (N, L))."""
-    import numpy as np
-    import torch
-
     if option is None:
         return None
     y = np.asarray(labels, dtype=np.float64).reshape(len(labels), -1)
@@ -383,8 +385,6 @@ def bce_loss(weights=None, smoothing: float = 0.0, mask=None):
     pretraining union: only its own dataset's). With none of them this is exactly
     ``F.binary_cross_entropy_with_logits(logits, y)``, so plain CE cells are bit-identical.
     """
-    import torch.nn.functional as F
-
     def loss(logits, y, idx, task):
         y = y.float()
         w = None
@@ -404,8 +404,6 @@ def bce_loss(weights=None, smoothing: float = 0.0, mask=None):
 
 def head(model):
     """The classifier: the model's ``fc`` (every built-in), else its last ``nn.Linear``."""
-    from torch import nn
-
     fc = getattr(model, "fc", None)
     if isinstance(fc, nn.Linear):
         return fc
@@ -417,8 +415,6 @@ def head(model):
 
 def add_dropout(model, p: float):
     """Dropout of the classifier's input in training (a forward pre-hook; the weights are unchanged)."""
-    import torch.nn.functional as F
-
     if p > 0:
         head(model).register_forward_pre_hook(lambda m, args: (F.dropout(args[0], p, m.training), *args[1:]))
     return model
@@ -431,9 +427,6 @@ class Mixer:
     OFFSET = 0x6D1C  # the mixer's stream is seed + this: apart from the augmentation streams
 
     def __init__(self, options: Options, seed: int, device):
-        import numpy as np
-        import torch
-
         self.alpha = options.mixup or options.cutmix
         self.cut = bool(options.cutmix)
         self.rng = np.random.default_rng(seed + self.OFFSET)  # Beta draws; never numpy's global RNG
@@ -444,8 +437,6 @@ class Mixer:
         return cls(options, seed, device) if (options.mixup or options.cutmix) else None
 
     def __call__(self, x, y):
-        import torch
-
         lam = float(self.rng.beta(self.alpha, self.alpha))
         perm = torch.randperm(x.shape[0], generator=self.g, device=self.g.device).to(x.device)
         if not self.cut:

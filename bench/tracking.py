@@ -39,19 +39,12 @@ from bench import __version__  # noqa: E402
 from bench import mlflow_native as native  # noqa: E402
 from bench.catalog import CHECKPOINT  # noqa: E402
 from bench.claims import Claim, make_claims, redact  # noqa: E402
-from bench.environ import temporary_environ  # noqa: E402
+from bench.environ import temporary_environ, tracking_uri  # noqa: E402
 from bench.errors import TrackingError  # noqa: E402
 from bench.provenance import code_digest, run_tags  # noqa: E402
-from bench.suitefile import PROJECT_ROOT  # noqa: E402
 
 log = logging.getLogger(__name__)
 PARENT_TAG = "mlflow.parentRunId"
-
-
-def tracking_uri() -> str:
-    """``$MLFLOW_TRACKING_URI``, else an *absolute* SQLite file in the project folder
-    (MLflow's own default, ``sqlite:///mlflow.db``, depends on the working directory)."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{PROJECT_ROOT / 'mlflow.db'}"
 
 
 def artifact_root(uri: str) -> str:

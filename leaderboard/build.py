@@ -7,7 +7,7 @@ from pathlib import Path
 
 from bench import catalog
 from leaderboard import aggregate as A
-from leaderboard import collect, findings, profiles, render, selection
+from leaderboard import collect, findings, profiles, render, selection, trials
 from leaderboard import shift as S
 
 log = logging.getLogger(__name__)
@@ -68,6 +68,11 @@ def build_leaderboard(suite: str, *, out_dir=None, from_csv=None, experiment=Non
     declared_primary = analysis.primary
     primary = declared_primary.control if declared_primary else None
     protocol = declared_primary.protocol if declared_primary else A.PRIMARY_PROTOCOL
+    chosen = all_runs = None
+    if trials.has_trials(runs):  # a search: tables and profiles show each family's trial selected on validation
+        chosen = trials.select(runs)
+        runs = trials.collapse(runs, chosen)
+        all_runs = collect.tidy(export)
     agg = A.aggregate(runs)
     paired = A.paired(runs, controls=controls, primary=primary, primary_protocol=protocol, dam=analysis.dam)
     scores = labels = None
@@ -98,17 +103,23 @@ def build_leaderboard(suite: str, *, out_dir=None, from_csv=None, experiment=Non
             S.severity_chart(runs, dataset, out / name)
 
     extra = []
+    if chosen is not None:
+        extra += ["", "## Search: the trial selected per family (validation only)", "",
+                  trials.trials_table(all_runs, export),
+                  "", f"Every trial's runs: `{suite}-runs.csv`; the tables above show each family's selected trial "
+                  "under the family's name."]
     record = selection.search_record(runs, analysis.select_families(), analysis.select.rule) if analysis.select else None
     if record is not None:
         extra += ["", "## Search record (selection on validation AUC, applied in code)", "", record]
         (out / f"{suite}-selection.md").write_text(record + "\n")
     profile_chart = f"{suite}-profiles.png" if analysis.profiles is not None else None
     if profile_chart:  # opt-in (analysis.profiles): committed leaderboards without it are unchanged
-        taus = analysis.profiles.taus
-        extra += ["", profiles.TITLE, "", profiles.profile_table(agg, taus), "",
+        taus, keys = analysis.profiles.taus, analysis.profiles.keys
+        prof = agg if keys == profiles.PROBLEM_KEYS else profiles.per_run(runs)
+        extra += ["", profiles.TITLE, "", profiles.profile_table(prof, taus, keys), "",
                   f"![performance profiles]({profile_chart})"]
         if charts:
-            profiles.profile_chart(agg, taus, out / profile_chart)
+            profiles.profile_chart(prof, taus, out / profile_chart, keys)
     power = None
     if analysis.power is not None and getattr(declared, "cells", None) is not None:
         from leaderboard.power import (
@@ -125,7 +136,7 @@ def build_leaderboard(suite: str, *, out_dir=None, from_csv=None, experiment=Non
     secondary = [A.paired(runs, metric=m, controls=controls, dam=analysis.dam).assign(metric=m)
                  for m in analysis.secondary_metrics]
     md = render.markdown(suite, runs, agg, paired, generated_at, chart_files, collect.ensembles(export), shift, extra,
-                         secondary)
+                         secondary, all_runs=all_runs)
     md_path = out / f"{suite}.md"
     md_path.write_text(md)
     agg.to_csv(out / f"{suite}.csv", index=False, float_format="%.6f")

@@ -36,6 +36,9 @@ def export_frame(raw: pd.DataFrame) -> pd.DataFrame:
     cols += [f"tags.{t}" for t in KEEP_TAGS]
     cols += [f"metrics.{m}" for m in KEEP_METRICS + ENSEMBLE_METRICS]
     cols += sorted(c for c in raw.columns if c.startswith(SHIFT_PREFIX) and c != "metrics.shift_seconds")
+    # hyperparameters (params.<objective>.<name>) and techniques (params.technique.<name>): what a
+    # search varied, so the trials table can show the values of the trial validation selected
+    cols += sorted(c for c in raw.columns if c.startswith("params.") and "." in c[len("params."):])
     out = pd.DataFrame({c: (raw[c] if c in raw.columns else np.nan) for c in cols})
     out["start_time"] = pd.to_datetime(out["start_time"], utc=True).dt.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     return out.sort_values(["start_time", "run_id"]).reset_index(drop=True)

@@ -20,6 +20,11 @@ n is the number of such problems. A recipe without runs on a counted problem is 
 there (Dolan-Moré's "failed": an infinite gap). Gaps are compared with a tolerance of 1e-9 so
 that a gap of exactly τ, written in decimal, counts as within τ despite floating-point rounding.
 Everything is computed from the aggregate (``leaderboard.aggregate.aggregate``); nothing is typed.
+
+``analysis.profiles.per: [seed]`` makes every seed of a problem a problem of its own (scores are then
+single runs, the group still chosen on validation): a suite on one dataset has n = 1 problem, and a
+profile over its seeds at least shows how often each recipe is near the best. Suites with search
+trials profile their *families* (each family's trial selected on validation, leaderboard.trials).
 """
 from __future__ import annotations
 
@@ -35,40 +40,49 @@ TOLERANCE = 1e-9  # a gap of exactly tau (decimal) counts as within tau
 TITLE = "## Performance profiles (share of problems within τ of the best test AUC)"
 
 
-def scores(agg: pd.DataFrame) -> pd.DataFrame:
+def per_run(runs: pd.DataFrame) -> pd.DataFrame:
+    """An aggregate-shaped frame with one row per run (for ``per: [seed]``): its val and test AUC as the means."""
+    cols = ["dataset", "size", "protocol", "seed", "recipe", "model", "aug"]
+    u = runs.groupby(cols, as_index=False)[["val_auc", "test_auc"]].mean()  # cv5: a seed's fold mean
+    return u.rename(columns={"val_auc": "val_auc_mean", "test_auc": "test_auc_mean"})
+
+
+def scores(agg: pd.DataFrame, keys=PROBLEM_KEYS) -> pd.DataFrame:
     """One row per (problem, recipe): the recipe's group with the best mean validation AUC there.
 
     Columns: dataset, size, protocol, recipe, model, aug, val_auc_mean, test_auc_mean. Groups
     without a finite mean test AUC are left out; only problems with >= 2 recipes are kept.
     """
-    cols = PROBLEM_KEYS + ["recipe", "model", "aug", "val_auc_mean", "test_auc_mean"]
+    keys = list(keys)
+    cols = keys + ["recipe", "model", "aug", "val_auc_mean", "test_auc_mean"]
     if agg.empty:
         return pd.DataFrame(columns=cols)
     g = agg[np.isfinite(agg["test_auc_mean"].astype(float))].copy()
     g["_val"] = g["val_auc_mean"].astype(float).fillna(-np.inf)  # a group without val AUC is chosen last
     # stable sort on val only: equal val keeps the aggregate's (sorted) order, so the first group wins a tie
     g = g.sort_values("_val", ascending=False, kind="mergesort")
-    best = g.groupby(PROBLEM_KEYS + ["recipe"], sort=True).head(1)
-    n_recipes = best.groupby(PROBLEM_KEYS)["recipe"].transform("nunique")
+    best = g.groupby(keys + ["recipe"], sort=True).head(1)
+    n_recipes = best.groupby(keys)["recipe"].transform("nunique")
     best = best[n_recipes >= 2]
-    return best.sort_values(PROBLEM_KEYS + ["recipe"]).reset_index(drop=True)[cols]
+    return best.sort_values(keys + ["recipe"]).reset_index(drop=True)[cols]
 
 
-def gaps(agg: pd.DataFrame) -> tuple[pd.DataFrame, int]:
+def gaps(agg: pd.DataFrame, keys=PROBLEM_KEYS) -> tuple[pd.DataFrame, int]:
     """(gap per (problem, recipe) = best test AUC on the problem − the recipe's, n problems)."""
-    s = scores(agg)
-    s["gap"] = s.groupby(PROBLEM_KEYS)["test_auc_mean"].transform("max") - s["test_auc_mean"]
-    n = len(s.groupby(PROBLEM_KEYS)) if len(s) else 0
+    keys = list(keys)
+    s = scores(agg, keys)
+    s["gap"] = s.groupby(keys)["test_auc_mean"].transform("max") - s["test_auc_mean"]
+    n = len(s.groupby(keys)) if len(s) else 0
     return s, n
 
 
-def profile(agg: pd.DataFrame, taus) -> pd.DataFrame:
+def profile(agg: pd.DataFrame, taus, keys=PROBLEM_KEYS) -> pd.DataFrame:
     """rho_r(tau) for every recipe with a counted problem and every tau in ``taus``.
 
     Long format, one row per (recipe, tau): recipe, tau, k (problems within tau), n, share = k/n.
     Recipes in name order, taus in the given order.
     """
-    s, n = gaps(agg)
+    s, n = gaps(agg, keys)
     rows = []
     for recipe in sorted(s["recipe"].unique()):
         gap = s.loc[s["recipe"] == recipe, "gap"].to_numpy(dtype=float)
@@ -82,13 +96,17 @@ def _tau(t: float) -> str:
     return f"τ = {t:g}"
 
 
-def profile_table(agg: pd.DataFrame, taus) -> str:
+def _keys_text(keys) -> str:
+    return ", ".join(keys)
+
+
+def profile_table(agg: pd.DataFrame, taus, keys=PROBLEM_KEYS) -> str:
     """Caption and markdown table: a row per recipe, a column per tau, cells "k/n (xx%)"."""
-    p = profile(agg, taus)
+    p = profile(agg, taus, keys)
     if p.empty:
-        return "_No problem (dataset, size, protocol) has runs of two or more recipes: no profile._"
+        return f"_No problem ({_keys_text(keys)}) has runs of two or more recipes: no profile._"
     n = int(p["n"].iloc[0])
-    caption = (f"n = {n} problem{'s' if n != 1 else ''} (dataset, size, protocol) with runs of at least two recipes. "
+    caption = (f"n = {n} problem{'s' if n != 1 else ''} ({_keys_text(keys)}) with runs of at least two recipes. "
                "Per problem each recipe is its group (model, aug) with the best mean **validation** AUC; a cell is "
                "the share of problems on which that group's mean test AUC is within τ of the best recipe's "
                "(additive gap in AUC: best − recipe ≤ τ; a recipe without runs on a problem is never within τ).")
@@ -99,13 +117,13 @@ def profile_table(agg: pd.DataFrame, taus) -> str:
     return caption + "\n\n" + table(["recipe"] + [_tau(float(t)) for t in taus], rows, 1)
 
 
-def curves(agg: pd.DataFrame, taus) -> dict[str, tuple[list[float], list[float]]]:
+def curves(agg: pd.DataFrame, taus, keys=PROBLEM_KEYS) -> dict[str, tuple[list[float], list[float]]]:
     """The step lines the chart draws: recipe -> (tau values, shares), from 0 to max(taus).
 
     The x values are 0, every recipe's gaps inside (0, max tau) and the declared taus, so each jump
     of the exact step function rho_r is drawn where it happens (steps are drawn "post").
     """
-    s, n = gaps(agg)
+    s, n = gaps(agg, keys)
     if not n:
         return {}
     top = max(float(t) for t in taus)
@@ -118,15 +136,15 @@ def curves(agg: pd.DataFrame, taus) -> dict[str, tuple[list[float], list[float]]
     return out
 
 
-def profile_figure(agg: pd.DataFrame, taus):
+def profile_figure(agg: pd.DataFrame, taus, keys=PROBLEM_KEYS):
     """(figure, axes, curves): one step line per recipe, x = τ, y = share of problems."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    series = curves(agg, taus)
-    _, n = gaps(agg)
+    series = curves(agg, taus, keys)
+    _, n = gaps(agg, keys)
     fig, ax = plt.subplots(figsize=(7.5, 3.6))
     styles = ["-", "--", "-.", ":"]  # equal profiles overlap: the line style tells them apart
     for k, (recipe, (xs, ys)) in enumerate(series.items()):
@@ -141,10 +159,10 @@ def profile_figure(agg: pd.DataFrame, taus):
     return fig, ax, series
 
 
-def profile_chart(agg: pd.DataFrame, taus, path: Path) -> dict[str, tuple[list[float], list[float]]]:
+def profile_chart(agg: pd.DataFrame, taus, path: Path, keys=PROBLEM_KEYS) -> dict[str, tuple[list[float], list[float]]]:
     """Draw :func:`profile_figure` to ``path`` (PNG); returns the plotted series."""
     from leaderboard.render import save_chart
 
-    fig, ax, series = profile_figure(agg, taus)
+    fig, ax, series = profile_figure(agg, taus, keys)
     save_chart(fig, ax, path)
     return series

@@ -138,10 +138,10 @@ def test_init_from_runs_the_source_first_and_tags_it(suites, synth_dir):
 def test_nan_loss_fails_the_cell_with_epoch_and_reason(suites, synth_dir, monkeypatch):
     import torch
 
-    import bench.objectives as O
+    import bench.techniques as TQ
 
     write(suites, objectives="[ce]")
-    monkeypatch.setattr(O.F, "binary_cross_entropy_with_logits", lambda a, b: (a * float("nan")).mean())
+    monkeypatch.setattr(TQ.F, "binary_cross_entropy_with_logits", lambda a, b, weight=None: (a * float("nan")).mean())
     s = run_suite("t", progress=False, leaderboard=False)
     assert s.failed == 1
     err = runs()["tags.bench_error"].iloc[0]
@@ -200,10 +200,10 @@ def test_dry_run_shows_each_cells_augmentation_by_name(suites, synth_dir):
 
 
 def test_failed_init_source_fails_the_dependent_cell(suites, synth_dir, monkeypatch):
-    import bench.objectives as O
+    import bench.techniques as TQ
 
     write(suites, objectives="[aucm_ft]", extra="recipes: {aucm_ft: {objective: aucm, init_from: ce}}\n")
-    monkeypatch.setattr(O.F, "binary_cross_entropy_with_logits", lambda a, b: (a * float("nan")).mean())
+    monkeypatch.setattr(TQ.F, "binary_cross_entropy_with_logits", lambda a, b, weight=None: (a * float("nan")).mean())
     s = run_suite("t", progress=False, leaderboard=False)
     assert s.failed == 2  # the ce source diverged, and the fine-tuning cell says why it could not start
     df = runs()

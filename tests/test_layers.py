@@ -30,7 +30,7 @@ LAYERS: dict[str, int] = {
     "bench.augment": 2, "bench.models": 2, "bench.evaluate": 2, "bench.objectives": 2,
     "bench.techniques": 2, "bench.pretrain": 2,
     # 3: suite YAML -> cells (validates names against the registries below it)
-    "bench.config": 3, "bench.plugins": 3, "bench.search": 3,
+    "bench.config": 3, "bench.plugins": 3, "bench.search": 3, "bench.tpe": 3,
     # 4: fit, and scoring on corrupted sets
     "bench.train": 4, "bench.shift": 4, "bench.shift.cache": 4, "bench.shift.scoring": 4, "bench.ensemble": 4,
     # 5: runner (data -> fit -> score)
@@ -44,7 +44,7 @@ LAYERS: dict[str, int] = {
     "bench.shift.posthoc": 7,  # re-scores finished runs of a store: drives models and tracking like an executor
     # 8: the leaderboard (reads tracking's runs or a -runs.csv)
     **{f"leaderboard.{m}": 8 for m in ("__init__", "aggregate", "build", "collect", "endpoint", "findings", "format",
-                                       "power", "profiles", "render", "selection", "shift")},
+                                       "power", "profiles", "render", "selection", "shift", "trials")},
     "leaderboard": 8,
     # 9: entry points
     "bench.cli": 9, "bench.doctor": 9,
