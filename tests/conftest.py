@@ -61,6 +61,23 @@ def isolated(tmp_path, monkeypatch):
 
 
 @pytest.fixture
+def breast(tmp_path):
+    """A small synthetic BreastMNIST file, loaded, with its official protocol: ``(data, protocol)``."""
+    from bench import data as D
+
+    make_npz(tmp_path, "breastmnist", n=(48, 16, 16))
+    data = D.load("breastmnist", tmp_path, allow_unverified=True)
+    return data, D.make_protocol(data, "official", None)
+
+
+def fit_quietly(cell, data, proto, **kw):
+    """``bench.train.fit`` of ``cell`` on loaded ``data`` without a progress bar."""
+    from bench.train import fit
+
+    return fit(cell, proto, data.spec, data.sampler_label, data.positive_label, progress=False, **kw)
+
+
+@pytest.fixture
 def real_dir():
     d = real_data_dir()
     if d is None:

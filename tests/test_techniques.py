@@ -17,6 +17,7 @@ from bench.errors import ConfigError, DataError
 from bench.models import create_model
 from bench.suitefile import deep_merge, suites_dir
 from bench.train import fit
+from tests.conftest import fit_quietly as _fit
 from tests.conftest import make_npz
 
 
@@ -31,15 +32,6 @@ def _cells(recipes: dict, grid_recipes: list, **kw):
     return expand(_doc(recipes, grid_recipes, **kw), suites_dir() / "_base.yaml", lambda f, s=None: "")
 
 
-@pytest.fixture
-def breast(tmp_path):
-    make_npz(tmp_path, "breastmnist", n=(48, 16, 16))
-    data = D.load("breastmnist", tmp_path, allow_unverified=True)
-    return data, D.make_protocol(data, "official", None)
-
-
-def _fit(cell, data, proto, **kw):
-    return fit(cell, proto, data.spec, data.sampler_label, data.positive_label, progress=False, **kw)
 
 
 # ----------------------------------------------------------------------------- the registry

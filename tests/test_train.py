@@ -14,7 +14,8 @@ from bench.catalog import model_info
 from bench.models import MODELS, create_model
 from bench.device import use_bf16
 from bench.models import to_memory_format
-from bench.train import fit, seed_everything, swa_start_epoch
+from bench.train import swa_start_epoch
+from tests.conftest import fit_quietly as _fit
 from tests.conftest import make_npz
 
 
@@ -26,15 +27,6 @@ def _cell(flag, objective, model, aug=True, **train):
     return expand(doc, suites_dir() / "_base.yaml", lambda f: "")[0]
 
 
-@pytest.fixture
-def breast(tmp_path):
-    make_npz(tmp_path, "breastmnist", n=(48, 16, 16))
-    data = D.load("breastmnist", tmp_path, allow_unverified=True)
-    return data, D.make_protocol(data, "official", None)
-
-
-def _fit(cell, data, proto, **kw):
-    return fit(cell, proto, data.spec, data.sampler_label, data.positive_label, progress=False, **kw)
 
 
 def test_3d_on_cpu_never_uses_bf16():
