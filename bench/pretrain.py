@@ -51,24 +51,24 @@ def build(cell, data: D.MedData, proto: D.Protocol, sampler_label: int, *, data_
           allow_unverified=None) -> Union:
     """The union for ``cell`` (its ``pretrain`` technique); refuses one that would hold a val/test image."""
     flags = [f for f in dict(cell.techniques)["pretrain"] if f != cell.dataset]
-    parts = [(cell.dataset, proto.train.x, D.train_targets(proto.train.y, sampler_label), data.spec)]
+    parts = [(cell.dataset, proto.train.x, D.train_targets(proto.train.y, sampler_label))]
     for flag in flags:
         other = D.load(flag, data_root, size=cell.size, allow_unverified=allow_unverified)
         if other.spec.n_channels != data.spec.n_channels:
             raise DataError(f"pretrain: {flag} has {other.spec.n_channels} channel(s), {cell.dataset} "
                             f"{data.spec.n_channels}; the union needs one input format")
         train = other.splits["train"]
-        parts.append((flag, train.x, D.train_targets(train.y, other.sampler_label), other.spec))
+        parts.append((flag, train.x, D.train_targets(train.y, other.sampler_label)))
     held_out = {d: f"{cell.dataset} {name} #{i}" for name, split in (("val", proto.val), ("test", proto.test))
                 for i, d in enumerate(_digests(split.x))}
-    for flag, x, _, _ in parts[1:]:
+    for flag, x, _ in parts[1:]:
         for i, d in enumerate(_digests(x)):
             if d in held_out:
                 raise DataError(f"pretrain: {flag} train #{i} is identical to {held_out[d]}: the union would train on "
                                 f"an image the cell validates or tests on; drop {flag} from pretrain")
-    total = sum(t.shape[1] for _, _, t, _ in parts)
+    total = sum(t.shape[1] for _, _, t in parts)
     xs, ts, ms, lo = [], [], [], 0
-    for flag, x, t, _ in parts:
+    for flag, x, t in parts:
         n, k = len(x), t.shape[1]
         block_t = torch.zeros(n, total)
         block_m = torch.zeros(n, total)
@@ -77,7 +77,7 @@ def build(cell, data: D.MedData, proto: D.Protocol, sampler_label: int, *, data_
         xs.append(x), ts.append(block_t), ms.append(block_m)
         lo += k
     own = parts[0][2].shape[1]
-    union = Union(torch.cat(xs), torch.cat(ts), torch.cat(ms), (0, own), tuple((f, len(x)) for f, x, _, _ in parts))
+    union = Union(torch.cat(xs), torch.cat(ts), torch.cat(ms), (0, own), tuple((f, len(x)) for f, x, _ in parts))
     log.info("%s: pretraining union of %s (%d images, %d logits)", cell.run_name,
              ", ".join(f"{f} {n}" for f, n in union.parts), len(union.x), total)
     return union

@@ -389,8 +389,7 @@ def bce_loss(weights=None, smoothing: float = 0.0, mask=None):
         y = y.float()
         w = None
         if weights is not None:  # by the (possibly mixed) hard label, before smoothing
-            w0, w1 = weights[0].to(logits.device), weights[1].to(logits.device)
-            w = y * w1 + (1 - y) * w0
+            w = y * weights[1] + (1 - y) * weights[0]  # on the device already (fit moves them once)
         if smoothing:
             y = y * (1 - smoothing) + smoothing / 2
         if mask is not None:
@@ -411,6 +410,12 @@ def head(model):
     if not linears:
         raise ConfigError(f"{type(model).__name__} has no nn.Linear classifier for dropout")
     return linears[-1]
+
+
+def head_keys(model) -> tuple:
+    """The state-dict keys of the classifier (:func:`head`): weight and bias."""
+    fc = head(model)
+    return tuple(f"{n}.{k}" for n, m in model.named_modules() if m is fc for k in ("weight", "bias"))
 
 
 def add_dropout(model, p: float):
@@ -498,7 +503,7 @@ def fit_state(state: dict, model, source: str) -> dict:
     if not isinstance(state, dict) or not state:
         raise ConfigError(f"init: {source} holds no state dict")
     own = model.state_dict()
-    fc = {f"{n}.{k}" for n, m in model.named_modules() if m is head(model) for k in ("weight", "bias")}
+    fc = set(head_keys(model))
     out, fresh = {}, []
     for key, want in own.items():
         if key not in state:

@@ -250,6 +250,10 @@ class Validation:
         return record, s_val
 
 
+def _on(t, device):
+    return None if t is None else t.to(device)
+
+
 def current_lr(recipe) -> float:
     return float(recipe.optimizer.param_groups[0]["lr"])
 
@@ -303,7 +307,7 @@ def fit(
     if init_state is None and opts.init is not None:  # pretrained start (draws nothing from the RNGs)
         model.load_state_dict(TQ.initial_state(opts, cell.model, model))
     TQ.add_dropout(model, opts.dropout)
-    head_keys = tuple(f"{n}.{k}" for n, m in model.named_modules() if m is TQ.head(model) for k in ("weight", "bias"))
+    head_keys = TQ.head_keys(model)
     if union is not None:  # train on every block; validation and test see the cell's own block only
         lo, hi = union.block
         model.register_forward_hook(lambda m, args, out: out if m.training else out[:, lo:hi])
@@ -316,7 +320,7 @@ def fit(
     targets = targets_cpu.to(device)
     labels = targets_cpu.numpy().astype(np.int64)
     ctx = TrainContext(labels[:, 0] if labels.shape[1] == 1 else labels, cfg.epochs, cfg.batch_size, cell.seed, device,
-                       class_weights=TQ.class_weights(labels, opts.class_weight), label_smoothing=opts.label_smoothing,
+                       class_weights=_on(TQ.class_weights(labels, opts.class_weight), device), label_smoothing=opts.label_smoothing,
                        mask=None if union is None else union.mask.to(device))
     recipe = objective.build(model, objective.Params(**cell.params_dict), ctx)
     averaged, swa_from = averager(model, cfg)
