@@ -114,13 +114,15 @@ def _terminate(signum, frame):
 @click.option("--epochs", default=None, callback=_optional_int(1, None), help="default: train.epochs of _base.yaml")
 @click.option("--batch-size", default=None, callback=_optional_int(2, None), help="default: train.batch_size")
 @click.option("--precision", type=click.Choice(["auto", "bf16", "fp32"]), default=None)
+@click.option("--path", "exec_path", type=click.Choice(["fast", "plain"]), default=None,
+              help="execution path (bench/device.py): fast = channels-last + fused optimizer (default), plain = reference")
 @click.option("--experiment", default="medauc-bench/cells", show_default=True)
 @data_dir_opt
 @unverified_opt
 @progress_opt
 @system_metrics_opt
 @user_errors
-def cell(dataset, objective, model, aug, aug_value, seed, protocol, fold, epochs, batch_size, precision, experiment,
+def cell(dataset, objective, model, aug, aug_value, seed, protocol, fold, epochs, batch_size, precision, exec_path, experiment,
          data_dir, allow_unverified_data, progress, system_metrics):
     """Train and evaluate one cell as one MLflow run."""
     src = click.get_current_context().get_parameter_source
@@ -144,7 +146,8 @@ def cell(dataset, objective, model, aug, aug_value, seed, protocol, fold, epochs
     doc: dict = {"suite": "cells", "include": "_base.yaml", "description": "a single cell run with `bench cell`",
                  "grid": {"dataset": [dataset], "recipe": [objective], "aug": [aug], "seed": [seed],
                           "protocol": [protocol]}}
-    train = {k: v for k, v in (("epochs", epochs), ("batch_size", batch_size), ("precision", precision)) if v is not None}
+    given = (("epochs", epochs), ("batch_size", batch_size), ("precision", precision), ("path", exec_path))
+    train = {k: v for k, v in given if v is not None}
     if train:
         doc["train"] = train
     if model is not None:
@@ -186,6 +189,8 @@ def cell(dataset, objective, model, aug, aug_value, seed, protocol, fold, epochs
 @click.option("--gpus-per-worker", type=click.IntRange(min=0), default=None, help="dry run: GPUs of each worker")
 @click.option("--cpus-per-worker", type=click.FloatRange(min=0, min_open=True), default=None,
               help="dry run: CPUs of each worker (default: this machine's)")
+@click.option("--budget-minutes", type=click.FloatRange(min=0, min_open=True), default=None, metavar="M",
+              help="measure this machine's speed and scale the suite's epochs (never below its budget: floors) to fit M minutes")
 @click.option("--pilot", default=None, metavar="SUITE",
               help="dry run: the suite whose committed runs give the SD for the power line (default: analysis.power.pilot)")
 @data_dir_opt
@@ -194,8 +199,8 @@ def cell(dataset, objective, model, aug, aug_value, seed, protocol, fold, epochs
 @system_metrics_opt
 @user_errors
 def suite(name, rerun, only, max_cells, dry_run, experiment, no_leaderboard, executor, address, max_concurrent, jobs,
-          checkpoints, workers, gpus_per_worker, cpus_per_worker, pilot, data_dir, allow_unverified_data, progress,
-          system_metrics):
+          checkpoints, workers, gpus_per_worker, cpus_per_worker, budget_minutes, pilot, data_dir, allow_unverified_data,
+          progress, system_metrics):
     """Run the declared suite NAME (suites/NAME.yaml), resuming where it stopped."""
     from bench.driver import run_suite
 
@@ -218,7 +223,7 @@ def suite(name, rerun, only, max_cells, dry_run, experiment, no_leaderboard, exe
                          leaderboard=not no_leaderboard, executor=executor, address=address,
                          max_concurrent=max_concurrent, jobs=jobs, checkpoints=checkpoints, workers=workers,
                          gpus_per_worker=gpus_per_worker, cpus_per_worker=cpus_per_worker,
-                         system_metrics=system_metrics, pilot=pilot)
+                         system_metrics=system_metrics, pilot=pilot, budget_minutes=budget_minutes)
     out = run_suite(name, options)
     if dry_run:
         click.echo(out)

@@ -61,6 +61,9 @@ class TrainConfig:
     swa: float  # SWA: average the weights of the last `swa` share of epochs (0 = off; bench.train)
     tta: str  # test-time augmentation, applied identically to validation and test (bench.evaluate)
     deterministic: bool = False  # torch deterministic algorithms (+ cuBLAS workspace on GPU; bench.train)
+    # How the arithmetic is laid out (bench.device.PATHS: fast | plain). Not part of the id: a path
+    # changes only the order of floating-point sums, like the device; the run records the path it took.
+    path: str = "fast"
 
 
 @dataclass(frozen=True)
@@ -99,6 +102,7 @@ class Cell:
         # do not use them stay what they were.
         if not self.train.deterministic:
             d["train"].pop("deterministic")
+        d["train"].pop("path")
         if not self.techniques:
             d.pop("techniques")
         else:
@@ -288,6 +292,14 @@ class DatasetSpec(BaseModel):
 Models = create_model("Models", __config__=S.STRICT, **{k: (str, None) for k in ("2d", "3d", "2d_large")})
 
 
+class Budget(BaseModel):
+    """``budget``: the floors ``--budget-minutes`` keeps when it scales epochs down (bench.budget)."""
+
+    model_config = S.STRICT
+    min_epochs: int = None
+    min_finetune_epochs: int = None
+
+
 class SuiteSchema(BaseModel):
     """A whole (merged) suite file."""
 
@@ -313,6 +325,7 @@ class SuiteSchema(BaseModel):
     resources: Any = None  # executor resources per cell (bench.executors.resources)
     checkpoints: str = None  # all | needed: which runs keep model.pt (bench.executors.graph)
     search: SearchSpec = None  # declared search spaces, expanded into trial recipes at load (bench.search)
+    budget: Budget = None  # floors of --budget-minutes (bench.budget)
 
 
 def _no_family(doc: dict, path: Path) -> None:
@@ -344,6 +357,10 @@ def validate(doc: dict, path: Path) -> SuiteSchema:
         train = doc.get(key) or {}
         if "precision" in train and train["precision"] not in PRECISIONS:
             raise unknown("precision", train["precision"], PRECISIONS, where=f"{path}: {key}.precision")
+        if "path" in train:
+            from bench.device import PATHS
+
+            PATHS.get(train["path"], where=f"{path}: {key}.path")
         if "tta" in train:
             from bench.evaluate import TTA
 

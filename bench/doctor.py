@@ -57,16 +57,14 @@ def _artifact_row() -> list[str]:
 
 
 def _hardware_row() -> list[str]:
-    from bench.device import cpu_has_bf16, select_device, use_bf16
+    from bench.device import cpu_has_bf16, resolve_path, select_device
 
     dev = select_device()
-    bf16 = use_bf16("auto", dev)
     if dev.type == "cuda":
         what = f"CUDA {torch.cuda.get_device_name(0)}"
     else:
         what = f"CPU, {torch.get_num_threads()} threads, AVX-512 BF16: {'yes' if cpu_has_bf16() else 'no'}"
-    bf16_3d = use_bf16("auto", dev, 3)
-    path = f"2D: {'bf16 autocast + channels_last' if bf16 else 'fp32'}; 3D: {'bf16' if bf16_3d else 'fp32'}"
+    path = f"2D {resolve_path('auto', 'fast', dev, 2).label}; 3D {resolve_path('auto', 'fast', dev, 3).label}"
     return ["hardware", "ok", f"{what} -> {path} (torch {torch.__version__})"]
 
 

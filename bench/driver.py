@@ -254,6 +254,7 @@ class RunOptions:
     cpus_per_worker: float | None = None
     system_metrics: bool = False
     pilot: str | None = None  # dry run: the suite whose runs give the power line's SD
+    budget_minutes: float | None = None  # scale the suite's epochs to fit this many minutes here (bench.budget)
 
 
 def run_suite(name: str, options: RunOptions | None = None, **fields):
@@ -275,6 +276,10 @@ def _run(name: str, o: RunOptions, keep=None):
 
     rerun, dry, data_root, allow_unverified = o.rerun, o.dry, o.data_root, o.allow_unverified
     suite = load_suite(name)
+    if o.budget_minutes is not None:  # fewer epochs where this machine is slow, said before anything runs
+        from bench.budget import fit_budget
+
+        suite, _ = fit_budget(suite, o.budget_minutes, data_fingerprint(data_root))
     filters = parse_only(tuple(o.only))
     all_cells = suite.cells(data_fingerprint(data_root))
     cells = select(all_cells, filters)

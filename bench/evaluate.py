@@ -22,6 +22,7 @@ import torch
 from sklearn.metrics import accuracy_score, average_precision_score, f1_score, roc_auc_score, roc_curve
 
 from bench.data import Split, scale
+from bench.models import as_input, is_channels_last
 from bench.registry import Registry
 
 
@@ -46,13 +47,13 @@ def predict(model, split: Split, is_3d: bool, batch_size: int, device, bf16: boo
     over the flipped views. One host transfer at the end, whatever the number of batches."""
     model.eval()
     views = TTA.get(tta)(is_3d)
+    channels_last = is_channels_last(model, 3 if is_3d else 2)  # inputs follow the model's layout
     out = []
     for i in range(0, len(split), batch_size):
         x = scale(split.x[i : i + batch_size].to(device, non_blocking=True), is_3d)
         if x_scale != 1.0:
             x = x * x_scale
-        if bf16:
-            x = x.contiguous(memory_format=torch.channels_last if x.ndim == 4 else torch.channels_last_3d)
+        x = as_input(x, channels_last)
         s = 0.0
         for dims in views:
             with autocast(device, bf16):

@@ -151,7 +151,7 @@ def memory_format(dims: int):
 
 
 def to_memory_format(model: nn.Module, dims: int) -> nn.Module:
-    """The channels-last layout for bf16 convolutions, where the model's kernels can take it.
+    """The channels-last layout for convolutions (bench.device.ExecPath), where the model's kernels can take it.
 
     ACS convolutions keep 2D (rank-4) kernels inside a 3D network, and torch refuses to put a
     rank-4 tensor in ``channels_last_3d``: such a model keeps its default layout (inputs are
@@ -171,17 +171,33 @@ def load_checkpoint(path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def load_model(name: str, in_channels: int, num_outputs: int, *, dims: int, device, bf16: bool,
+def load_model(name: str, in_channels: int, num_outputs: int, *, dims: int, device, channels_last: bool,
                state: dict | None = None) -> nn.Module:
     """The one way a network is made ready to train or score: build it, load ``state`` (a plain
-    state_dict), move it to ``device`` and, under bf16, give it the layout its kernels take.
+    state_dict), move it to ``device`` and give it the layout of its execution path
+    (``ExecPath.channels_last``, :mod:`bench.device`).
 
     Training (the fresh or initialized model and the selected one), post-hoc shift scoring and
     anything else that loads a checkpoint call this, so a layout or precision fix lands everywhere
-    at once. ``bf16`` is the run's *recorded* precision when re-scoring a finished run.
+    at once. Inputs follow the model's layout (:func:`as_input`), so nothing else decides it.
     """
     model = create_model(name, in_channels, num_outputs)
     if state is not None:
         model.load_state_dict(state)
     model = model.to(device)
-    return to_memory_format(model, dims) if bf16 else model
+    return to_memory_format(model, dims) if channels_last else model
+
+
+def is_channels_last(model: nn.Module, dims: int) -> bool:
+    """Whether ``model``'s convolutions hold their weights channels-last (its largest kernel decides:
+    a kernel with one input channel or a 1x1 window is both layouts at once)."""
+    kernels = [p for p in model.parameters() if p.dim() == dims + 2]
+    if not kernels:
+        return False
+    w = max(kernels, key=lambda p: p.numel())
+    return w.is_contiguous(memory_format=memory_format(dims)) and not w.is_contiguous()
+
+
+def as_input(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    """A batch in the layout of a model whose weights are (or are not) channels-last."""
+    return x.contiguous(memory_format=memory_format(x.dim() - 2)) if channels_last else x

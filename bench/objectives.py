@@ -52,6 +52,12 @@ class TrainContext:
     class_weights: torch.Tensor | None = None
     label_smoothing: float = 0.0
     mask: torch.Tensor | None = None
+    # the execution path's fused optimizer step (bench.device.ExecPath): Adam's update as one kernel
+    # over all parameters instead of a loop of per-tensor ops; the same update up to rounding
+    fused: bool = False
+
+    def adam(self, params, lr: float, weight_decay: float) -> torch.optim.Adam:
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, fused=self.fused or None)
 
     def bce(self):
         """The BCE loss with this run's CE techniques (exactly plain BCE without them)."""
@@ -313,7 +319,7 @@ class CrossEntropy(Objective):
 
     @classmethod
     def build(cls, model, p, ctx):
-        opt = torch.optim.Adam(model.parameters(), lr=p.lr, weight_decay=p.weight_decay)
+        opt = ctx.adam(model.parameters(), p.lr, p.weight_decay)
         return Recipe(ctx.bce(), opt, shuffled_batches(ctx), lr_decay(opt, ctx.epochs, p, False))
 
 
@@ -637,7 +643,7 @@ class CrossEntropyDualSampler(Objective):
 
     @classmethod
     def build(cls, model, p, ctx):
-        opt = torch.optim.Adam(model.parameters(), lr=p.lr, weight_decay=p.weight_decay)
+        opt = ctx.adam(model.parameters(), p.lr, p.weight_decay)
         return Recipe(ctx.bce(), opt, sampler_batches(ctx, p.sampling_rate), lr_decay(opt, ctx.epochs, p, False))
 
 

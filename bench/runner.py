@@ -153,7 +153,8 @@ def execute(cell: Cell, run, *, data_root=None, allow_unverified=None, init_stat
     # Final values go one step past the last epoch so that MLflow's "latest" value of
     # val_auc (what search_runs and the UI table show) is the *selected* model's.
     run.metrics(final, step=len(result.history) + 1)
-    run.tags({"precision": "bf16" if result.bf16 else "fp32", "stopped_early": str(result.stopped_early).lower()})
+    run.tags({"precision": "bf16" if result.bf16 else "fp32", "path": result.path,
+              "stopped_early": str(result.stopped_early).lower()})
 
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
         out = Path(tmp)

@@ -27,11 +27,11 @@ from tqdm.auto import tqdm
 
 from bench.augment import AUGMENTATIONS
 from bench.config import Cell
-from bench.device import select_device, use_bf16
+from bench.device import resolve_path
 from bench.data import DatasetSpec, Protocol, Split, eval_x_scale, scale, train_targets
 from bench.errors import TrainingDiverged
 from bench.evaluate import auc, auprc, autocast, predict, to_label1
-from bench.models import load_model, memory_format
+from bench.models import as_input, load_model
 from bench import techniques as TQ
 from bench.objectives import TrainContext, get_objective
 from bench.pretrain import own_block
@@ -86,6 +86,7 @@ class FitResult:
     # gate"): the best fine-tuned epoch (>= 1) on validation, the "ungated" candidate. Both
     # candidates are fixed by validation alone; the runner scores each on test once.
     ungated: Candidate | None = None
+    path: str = ""  # the execution path it ran on (bench.device.ExecPath.label): recorded with the run
 
     @property
     def gated(self) -> bool:
@@ -156,7 +157,7 @@ class Batches:
     spec: DatasetSpec
     x_cpu: torch.Tensor  # uint8; pixel-level corruptions run on the stored images, on the CPU
     x: torch.Tensor  # the same on the device, so batches never leave it
-    bf16: bool
+    channels_last: bool  # the model's layout (bench.device.ExecPath)
     device: torch.device
 
     def __post_init__(self):
@@ -166,7 +167,7 @@ class Batches:
         self.voxel_scale = self.cell.train.voxel_scale and self.spec.shape_mask
 
     def layout(self, x: torch.Tensor) -> torch.Tensor:
-        return x.contiguous(memory_format=memory_format(self.spec.dims)) if self.bf16 else x
+        return as_input(x, self.channels_last)
 
     def epoch(self, recipe, epoch: int):
         """(x, indices, task) per step of ``epoch``, in the recipe's order; all on the device."""
@@ -295,12 +296,12 @@ def fit(
     trained with one block of logits per dataset and scored on the cell's own block).
     """
     cfg = cell.train
-    device = device or select_device()
+    xp = resolve_path(cfg.precision, cfg.path, device, spec.dims)
+    device, bf16 = xp.device, xp.bf16
     positive_label = sampler_label if positive_label is None else positive_label
-    bf16 = use_bf16(cfg.precision, device, spec.dims)
     set_deterministic(cfg.deterministic)
     seed_everything(cell.seed)
-    build = dict(dims=spec.dims, device=device, bf16=bf16)
+    build = dict(dims=spec.dims, device=device, channels_last=xp.channels_last)
     opts = TQ.Options.of(cell.techniques)
     n_out = union.n_outputs if union is not None else spec.n_labels
     model = load_model(cell.model, spec.n_channels, n_out, state=init_state, **build)
@@ -320,11 +321,12 @@ def fit(
     targets = targets_cpu.to(device)
     labels = targets_cpu.numpy().astype(np.int64)
     ctx = TrainContext(labels[:, 0] if labels.shape[1] == 1 else labels, cfg.epochs, cfg.batch_size, cell.seed, device,
+                       fused=xp.fused,
                        class_weights=_on(TQ.class_weights(labels, opts.class_weight), device), label_smoothing=opts.label_smoothing,
                        mask=None if union is None else union.mask.to(device))
     recipe = objective.build(model, objective.Params(**cell.params_dict), ctx)
     averaged, swa_from = averager(model, cfg)
-    batches = Batches(cell, spec, train_x, train, bf16, device)
+    batches = Batches(cell, spec, train_x, train, xp.channels_last, device)
     mixer = TQ.Mixer.of(opts, cell.seed, device)
     validation = Validation(cell, spec, val, proto.val.y.numpy().astype(int), sampler_label, positive_label, device, bf16)
     st = FitState(finetune=init_state is not None)
@@ -392,4 +394,4 @@ def fit(
         ungated = Candidate(load_model(cell.model, spec.n_channels, spec.n_labels, state=own(u.state), **build),
                             u.epoch, u.val_auc, u.scores)
     return FitResult(final, best.epoch, best.val_auc, best.scores, st.history, st.t_train, st.samples, bf16,
-                     st.stopped, st.steps, ungated)
+                     st.stopped, st.steps, ungated, xp.label)

@@ -44,7 +44,13 @@ def config_helpers():
 
 def make_cell(recipe: str, epochs: int, precision: str, aug: bool = True, batch_size: int = 128,
               params: dict | None = None, **train):
+    import dataclasses
+
+    from bench.config import TrainConfig
+
     base_config, expand, deep_merge, suites_dir = config_helpers()
+    if "path" in {f.name for f in dataclasses.fields(TrainConfig)}:
+        train.setdefault("path", "plain")  # the reference path, which the golden record was made on
     over = {
         "grid": {"dataset": [FLAG], "recipe": [recipe], "aug": [aug], "seed": [0], "protocol": ["official"]},
         "train": {"epochs": epochs, "batch_size": batch_size, "precision": precision, "deterministic": True, **train},
@@ -154,7 +160,12 @@ def cpu_flags() -> dict:
 
 
 def machine() -> dict:
-    return {"cpu_flags": cpu_flags(), "torch": torch.__version__, "machine": platform.machine()}
+    out = {"cpu_flags": cpu_flags(), "torch": torch.__version__, "machine": platform.machine()}
+    # oneDNN/ATen capped below the CPU's ISA (an AVX2 emulation) round like another CPU
+    cap = {k: os.environ[k] for k in ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY") if os.environ.get(k)}
+    if cap:
+        out["isa_cap"] = cap
+    return out
 
 
 def run_tiny() -> dict:

@@ -7,28 +7,34 @@ Numbers feed the time estimates in bench/executors/estimate.py (CPU_SPEED) and t
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 import time
 
 import torch
 import torch.nn.functional as F
 from tabulate import tabulate
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from profile_epoch import cpu_line  # noqa: E402
+
 from bench.models import MODELS, create_model, model_info
-from bench.device import cpu_has_bf16
+from bench.device import cpu_has_bf16, resolve_path
 from bench.models import memory_format, to_memory_format
 
 
 def measure(name: str, bf16: bool, train: bool, batch: int, seconds: float, size: int = 28,
-            device: str = "cpu") -> float:
+            device: str = "cpu", path: str = "fast") -> float:
     dims = model_info(name).dims
     torch.manual_seed(0)
     model = create_model(name, 1, 1).to(device)
     x = torch.randn(batch, 1, *([size] * dims), device=device)
     y = torch.randint(0, 2, (batch, 1), device=device).float()
     fmt = memory_format(dims)
-    if bf16:
+    xp = resolve_path("bf16" if bf16 else "fp32", path, torch.device(device), dims)  # the layout a cell would take
+    if xp.channels_last:
         model, x = to_memory_format(model, dims), x.contiguous(memory_format=fmt)
-    opt = torch.optim.Adam(model.parameters(), 1e-3)
+    opt = torch.optim.Adam(model.parameters(), 1e-3, fused=xp.fused or None)
     model.train(train)
 
     def step():
@@ -56,6 +62,7 @@ def main() -> None:
     ap.add_argument("--models", default=",".join(MODELS.names()))
     ap.add_argument("--seconds", type=float, default=8.0)
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--path", default="fast", choices=["fast", "plain"], help="execution path (bench/device.py)")
     args = ap.parse_args()
     rows = []
     bf16_ok = torch.cuda.is_bf16_supported() if args.device == "cuda" else cpu_has_bf16()
@@ -64,13 +71,13 @@ def main() -> None:
         batch = 128 if model_info(name).dims == 2 else 16
         size = 64 if name == "resnet18" else 28  # the ImageNet-style ResNet is for MedMNIST+ sizes
         for bf16 in precisions:
-            tr = measure(name, bf16, True, batch, args.seconds, size, args.device)
-            ev = measure(name, bf16, False, batch * 4, args.seconds, size, args.device)
+            tr = measure(name, bf16, True, batch, args.seconds, size, args.device, args.path)
+            ev = measure(name, bf16, False, batch * 4, args.seconds, size, args.device, args.path)
             rows.append([name, size, "bf16" if bf16 else "fp32", batch, f"{tr:.1f}", f"{ev:.1f}"])
             print(tabulate([rows[-1]], tablefmt="plain"), flush=True)
     print()
     where = torch.cuda.get_device_name() if args.device == "cuda" else f"{torch.get_num_threads()} CPU threads"
-    print(f"torch {torch.__version__}, {where}")
+    print(f"torch {torch.__version__}, {where}, path {args.path}; CPU: {cpu_line()}")
     print(tabulate(rows, ["model", "px", "precision", "train batch", "train img/s", "eval img/s"]))
 
 

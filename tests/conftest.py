@@ -8,6 +8,13 @@ import numpy as np
 import pytest
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # two pytest workers share the machine's cores: one torch/OpenMP thread each (and in the bench
+    # processes they start), so that their OpenMP pools do not spin against each other
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = "1"
+    import torch
+
+    torch.set_num_threads(1)
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = (REPO.parent / "shared" / "data" / "medmnist").resolve()
 
@@ -83,6 +90,46 @@ def real_dir():
     if d is None:
         pytest.skip("real BreastMNIST file not found (set BENCH_DATA_DIR)")
     return d
+
+
+@pytest.fixture(scope="session")
+def real_smoke(tmp_path_factory):
+    """The shipped ``smoke`` suite (BreastMNIST x {ce, aucm}, 2 epochs) run once per test session on
+    the real file, into its own store: what a user has after ``bench suite smoke``. The real-data
+    end-to-end, UI and rerun tests all read these runs instead of training their own; a test that
+    writes copies the store first (:func:`copy_store`)."""
+    from types import SimpleNamespace
+
+    from bench import provenance
+    from bench.driver import run_suite
+
+    data = real_data_dir()
+    if data is None:
+        pytest.skip("real BreastMNIST file not found (set BENCH_DATA_DIR)")
+    root = tmp_path_factory.mktemp("real-smoke")
+    env = {"MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}", "BENCH_ARTIFACT_ROOT": str(root / "artifacts"),
+           "BENCH_DATA_DIR": str(data), "BENCH_CACHE_DIR": str(root / "cache"), "BENCH_SUITES_DIR": str(REPO / "suites")}
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in env.items():
+            mp.setenv(k, v)
+        for k in ("BENCH_LOCK_DIR", "BENCH_ALLOW_UNVERIFIED_DATA"):
+            mp.delenv(k, raising=False)
+        mp.setattr(provenance, "_extra_modules", [])
+        provenance.code_digest.cache_clear()
+        summary = run_suite("smoke", progress=False, leaderboard=False)
+        provenance.code_digest.cache_clear()
+    assert summary.failed == 0 and summary.counts()["finished"] == 2, [r.line() for r in summary.results]
+    return SimpleNamespace(root=root, uri=env["MLFLOW_TRACKING_URI"], env=env, data_dir=data, summary=summary)
+
+
+def copy_store(smoke, dest: Path) -> str:
+    """A private copy of ``real_smoke``'s store (the database; artifacts stay where the runs recorded
+    them) for a test that adds runs; returns its tracking URI."""
+    import shutil
+
+    dest.mkdir(parents=True, exist_ok=True)
+    shutil.copy(smoke.root / "mlflow.db", dest / "mlflow.db")
+    return f"sqlite:///{dest / 'mlflow.db'}"
 
 
 @pytest.fixture

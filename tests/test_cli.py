@@ -17,8 +17,8 @@ def invoke(*args):
 
 def assert_one_line_error(res, *needles):
     assert res.exit_code != 0, res.output
-    lines = [l for l in res.output.strip().splitlines() if l.strip()]
-    errs = [l for l in lines if l.startswith("error: ")]
+    lines = [line for line in res.output.strip().splitlines() if line.strip()]
+    errs = [line for line in lines if line.startswith("error: ")]
     assert len(errs) == 1, res.output
     assert "Traceback" not in res.output
     for n in needles:

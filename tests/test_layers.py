@@ -41,6 +41,7 @@ LAYERS: dict[str, int] = {
     "bench.executors": 7, "bench.executors.graph": 7, "bench.executors.simulate": 7, "bench.executors.estimate": 7,
     "bench.executors.resources": 7, "bench.executors.raysafe": 7, "bench.executors.worker": 7,
     "bench.executors.local": 7, "bench.executors.pool": 7, "bench.executors.ray_executor": 7, "bench.driver": 7,
+    "bench.budget": 7,  # scales a suite to a time budget from speeds measured here, before the executor runs it
     "bench.shift.posthoc": 7,  # re-scores finished runs of a store: drives models and tracking like an executor
     # 8: the leaderboard (reads tracking's runs or a -runs.csv)
     **{f"leaderboard.{m}": 8 for m in ("__init__", "aggregate", "build", "collect", "endpoint", "findings", "format",

@@ -189,8 +189,12 @@ def _runs(recipes_aucs: dict, protocol="official", folds=(-1,), dataset="b", see
 
 
 def test_cv5_folds_are_averaged_per_seed_before_statistics():
-    f_ce = lambda s, k: 0.80 + 0.01 * s + 0.002 * k
-    f_dam = lambda s, k: 0.81 + 0.01 * s + 0.004 * k
+    def f_ce(s, k):
+        return 0.80 + 0.01 * s + 0.002 * k
+
+    def f_dam(s, k):
+        return 0.81 + 0.01 * s + 0.004 * k
+
     runs = _runs({"ce": f_ce, "aucm": f_dam}, protocol="cv5", folds=range(5))
     agg = A.aggregate(runs).set_index("recipe")
     assert agg.loc["ce", "n"] == 3 and agg.loc["ce", "n_runs"] == 15 and agg.loc["ce", "folds"] == 5

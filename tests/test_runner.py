@@ -67,7 +67,9 @@ def test_poisoned_test_split_changes_nothing_but_test_metrics(tmp_path, monkeypa
         return run
 
     a, b = run_with(clean), run_with(poisoned)
-    per_epoch = lambda r: [{k: v for k, v in m.items() if k != "epoch_seconds"} for step, m in r.metric_log[:-1]]
+    def per_epoch(r):
+        return [{k: v for k, v in m.items() if k != "epoch_seconds"} for step, m in r.metric_log[:-1]]
+
     assert per_epoch(a) == per_epoch(b)  # training and validation, epoch by epoch
     fa, fb = a.final(), b.final()
     for k in fa:

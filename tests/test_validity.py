@@ -379,7 +379,7 @@ def test_load_model_gives_every_registered_model_its_bf16_layout(name):
 
     dims = model_info(name).dims
     state = create_model(name, 1, 1).state_dict()
-    model = load_model(name, 1, 1, dims=dims, device=torch.device("cpu"), bf16=True, state=state)
+    model = load_model(name, 1, 1, dims=dims, device=torch.device("cpu"), channels_last=True, state=state)
     assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
     x = torch.randn(2, 1, *([28] * dims))
     with torch.autocast("cpu", dtype=torch.bfloat16):

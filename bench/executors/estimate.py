@@ -21,19 +21,23 @@ CPU_SPEED = {
 START_SECONDS = 5.0  # per cell: data load, model build, artifacts (measured: 3-6 s here)
 
 
-def estimate_parts(cell: Cell) -> tuple[float, float]:
-    """(training incl. per-epoch validation, the rest: test scoring and start-up) in seconds on the reference CPU."""
+def estimate_parts(cell: Cell, speeds: dict | None = None) -> tuple[float, float]:
+    """(training incl. per-epoch validation, the rest: test scoring and start-up) in seconds on the
+    reference CPU, or at ``speeds`` (model -> (train, eval) per second, measured here: bench.budget)."""
     spec = DS.get_spec(cell.dataset)
     n = spec.n_samples
     n_train = n["train"] if cell.protocol == "official" else int(0.8 * (n["train"] + n["val"]))
     n_val = n["val"] if cell.protocol == "official" else int(0.2 * (n["train"] + n["val"]))
-    tr, ev = CPU_SPEED.get(cell.model, (50.0, 200.0))
-    if model_info(cell.model).dims == 2 and spec.n_channels == 3:
-        tr, ev = tr * 0.9, ev * 0.9
+    if speeds and cell.model in speeds:
+        tr, ev = speeds[cell.model]
+    else:
+        tr, ev = CPU_SPEED.get(cell.model, (50.0, 200.0))
+        if model_info(cell.model).dims == 2 and spec.n_channels == 3:
+            tr, ev = tr * 0.9, ev * 0.9
     per_epoch = n_train / tr + n_val / ev
     return cell.train.epochs * per_epoch, (n["test"] + n_val) / ev + START_SECONDS
 
 
-def estimate_seconds(cell: Cell) -> float:
-    train, rest = estimate_parts(cell)
+def estimate_seconds(cell: Cell, speeds: dict | None = None) -> float:
+    train, rest = estimate_parts(cell, speeds)
     return train + rest

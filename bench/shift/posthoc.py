@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from bench import data as D
 from bench.catalog import CHECKPOINT
-from bench.device import select_device, use_bf16
+from bench.device import resolve_path, select_device, use_bf16
 from bench.models import load_checkpoint, load_model
 from bench.shift.scoring import require_backends, score_and_log
 
@@ -66,7 +66,10 @@ def score_run(tracker, run, data_root=None, allow_unverified=None) -> dict:
         state = load_checkpoint(tracker.download_artifact(run.info.run_id, CHECKPOINT, Path(tmp)))
     spec, device = data.spec, select_device()
     bf16 = run_bf16(run.data.tags.get("precision"), p.get("precision", "auto"), device, spec.dims)
-    model = load_model(p["model"], spec.n_channels, spec.n_labels, dims=spec.dims, device=device, bf16=bf16, state=state)
+    # its recorded execution path (runs before paths existed: the default)
+    xp = resolve_path("bf16" if bf16 else "fp32", p.get("path") or "fast", device, spec.dims)
+    model = load_model(p["model"], spec.n_channels, spec.n_labels, dims=spec.dims, device=device,
+                       channels_last=xp.channels_last, state=state)
     x_scale = D.eval_x_scale(p.get("voxel_scale") == "True", spec)
     return score_and_log(model, data, RunHandle(tracker, run.info.run_id, None), tta=p.get("tta", "none"),
                          eval_batch_size=int(p.get("eval_batch_size", 512)), device=device, bf16=bf16,

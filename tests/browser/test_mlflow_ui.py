@@ -34,6 +34,9 @@ from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
+# on the worker that holds the session's real `smoke` run (tests/conftest.py real_smoke)
+pytestmark = pytest.mark.xdist_group("real_smoke")
+
 from bench import mlflow_native as N  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -59,26 +62,9 @@ CONTEXT = "official"
 
 
 # ------------------------------------------------------------------ store, server, browser
-def _seed(uri: str, artifacts: Path) -> str:
-    """Run the real `smoke` suite (BreastMNIST x {ce, aucm}, 2 epochs) into ``uri``: the store a
-    user has after `bench suite smoke`. Returns the experiment id."""
+def _experiment_id(uri: str) -> str:
     from mlflow.tracking import MlflowClient
 
-    from bench.driver import run_suite
-    from tests.conftest import real_data_dir
-
-    data = real_data_dir()
-    if data is None:
-        pytest.skip("real BreastMNIST file not found (set BENCH_DATA_DIR)")
-    keys = ("MLFLOW_TRACKING_URI", "BENCH_ARTIFACT_ROOT", "BENCH_DATA_DIR")
-    saved = {k: os.environ.get(k) for k in keys}
-    os.environ.update(MLFLOW_TRACKING_URI=uri, BENCH_ARTIFACT_ROOT=str(artifacts), BENCH_DATA_DIR=str(data))
-    try:
-        summary = run_suite("smoke", progress=False, leaderboard=False)
-    finally:
-        for k, v in saved.items():
-            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
-    assert summary.failed == 0 and summary.counts()["finished"] == 2
     return MlflowClient(uri).get_experiment_by_name("medauc-bench/smoke").experiment_id
 
 
@@ -107,13 +93,17 @@ def _kill_tree(proc: subprocess.Popen) -> None:
     proc.wait(timeout=10)
 
 
-@pytest.fixture(scope="module")
-def ui(tmp_path_factory):
-    """(base URL, experiment id) of a running ``mlflow ui`` on a seeded temporary SQLite store."""
+# session scope, not module: under xdist a worker may run another module's test between two of these,
+# and a module fixture would then be torn down and started again (a second mlflow ui, ~45 s)
+@pytest.fixture(scope="session")
+def ui(tmp_path_factory, real_smoke):
+    """(base URL, experiment id) of a running ``mlflow ui`` on the session's real `smoke` store
+    (tests/conftest.py: the store a user has after `bench suite smoke`)."""
+    from tests.conftest import copy_store
+
     root = tmp_path_factory.mktemp("ui")
-    db = root / "mlflow.db"
-    uri = f"sqlite:///{db}"
-    experiment_id = _seed(uri, root / "artifacts")
+    uri = copy_store(real_smoke, root)  # the UI's own copy: it may migrate or write its own tables
+    experiment_id = _experiment_id(uri)
     port = _free_port()
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true",
            "MLFLOW_ENABLE_TELEMETRY": "false"}
@@ -146,7 +136,7 @@ def ui(tmp_path_factory):
         server_log.close()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def browser():
     profile = tempfile.mkdtemp(prefix="bench-chromium-")
     opts = webdriver.ChromeOptions()

@@ -1,18 +1,19 @@
 """End to end on the real BreastMNIST file (tiny epochs) and on synthetic files of the
 official layout for the datasets this machine does not have; temporary MLflow stores."""
-import json
 import os
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import mlflow
 import pytest
 
 from bench.driver import run_suite
 from bench.tracking import tracking_uri
+
+# on the worker that holds the session's real `smoke` run (tests/conftest.py real_smoke)
+pytestmark = pytest.mark.xdist_group("real_smoke")
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -25,81 +26,48 @@ def cell_runs(exp):
         return None
 
 
-def test_smoke_suite_on_real_breast(real_dir, monkeypatch, suites, tmp_path):
-    monkeypatch.setenv("BENCH_DATA_DIR", str(real_dir))
-    suites("e2e", """
-include: _base.yaml
-suite: e2e
-train: {epochs: 1}
-grid: {dataset: [breastmnist], recipe: [ce, aucm, ap, pauc, compauc], aug: [true], seed: [0], protocol: [official]}
-""")
-    s = run_suite("e2e", progress=False, leaderboard=False)
-    assert s.failed == 0 and s.counts()["finished"] == 5, [r.line() for r in s.results]
-    df = cell_runs("medauc-bench/e2e")
+def test_smoke_suite_on_real_breast(real_smoke, monkeypatch, tmp_path):
+    """The session's real `smoke` run (tests/conftest.py): verified data, the clinically positive
+    class, test metrics, and a leaderboard built from the store."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", real_smoke.uri)
+    assert {r.run_name for r in real_smoke.summary.results} == {"breastmnist-ce-noaug-s0-official",
+                                                               "breastmnist-aucm-noaug-s0-official"}
+    df = cell_runs("medauc-bench/smoke")
+    assert len(df) == 2 and (df["status"] == "FINISHED").all()
     assert (df["tags.data_verified"] == "true").all() and (df["tags.positive_label"] == "0").all()
-    assert df["metrics.test_auc"].between(0, 1).all()
+    assert df["metrics.test_auc"].between(0, 1).all() and (df["params.epochs"] == "2").all()
+    assert df["tags.path"].str.startswith("fast: ").all()  # the execution path is recorded (bench.device)
     from leaderboard.build import build_leaderboard
 
-    md = build_leaderboard("e2e", out_dir=tmp_path / "lb").read_text()
+    md = build_leaderboard("smoke", out_dir=tmp_path / "lb", charts=False).read_text()
     assert "## breastmnist" in md and "ResNet-18 (28)" in md
 
 
-def test_same_cell_twice_gives_the_same_val_auc(real_dir, monkeypatch, suites):
-    monkeypatch.setenv("BENCH_DATA_DIR", str(real_dir))
-    suites("rep", """
+def test_same_cell_twice_gives_the_same_val_auc(real_smoke, monkeypatch, tmp_path):
+    """Rerunning a finished real cell (a copy of the session's store) reproduces its numbers."""
+    from tests.conftest import copy_store
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", copy_store(real_smoke, tmp_path / "store"))
+    monkeypatch.setenv("BENCH_DATA_DIR", str(real_smoke.data_dir))
+    s = run_suite("smoke", only=("objective=aucm",), rerun=True, progress=False, leaderboard=False)
+    assert s.counts()["finished"] == 1, [r.line() for r in s.results]
+    df = cell_runs("medauc-bench/smoke")
+    aucm = df[df["params.recipe"] == "aucm"]
+    assert len(aucm) == 2 and aucm["metrics.val_auc"].nunique() == 1 and aucm["metrics.test_auc"].nunique() == 1
+
+
+def test_every_loss_family_runs_end_to_end_with_augmentation(synth_dir, suites):
+    """The index-based and compositional losses through the whole driver, augmentation on (the
+    real-data smoke run above covers CE and AUCM on the real file)."""
+    suites("losses", """
 include: _base.yaml
-suite: rep
-train: {epochs: 1}
-grid: {dataset: [breastmnist], recipe: [aucm], aug: [true], seed: [3], protocol: [cv5]}
+suite: losses
+train: {epochs: 1, batch_size: 16}
+grid: {dataset: [breastmnist], recipe: [ap, pauc, compauc], aug: [true], seed: [0], protocol: [official]}
 """)
-    run_suite("rep", only=("fold=1",), progress=False, leaderboard=False)
-    run_suite("rep", only=("fold=1",), rerun=True, progress=False, leaderboard=False)
-    df = cell_runs("medauc-bench/rep")
-    assert len(df) == 2 and df["metrics.val_auc"].nunique() == 1 and df["metrics.test_auc"].nunique() == 1
-
-
-@pytest.mark.parametrize("flag, model", [("chestmnist", None), ("nodulemnist3d", "resnet18_3d_tiny"),
-                                         ("synapsemnist3d", "resnet18_3d_tiny")])
-@pytest.mark.parametrize("objective", ["ce", "aucm"])
-def test_synthetic_official_layout_runs_a_cell(synth_dir, suites, flag, model, objective):
-    extra = f"datasets: {{{flag}: {{model: {model}}}}}\n" if model else ""
-    suites("syn", f"""
-include: _base.yaml
-suite: syn
-train: {{epochs: 1, batch_size: 16}}
-grid: {{dataset: [{flag}], recipe: [{objective}], aug: [true], seed: [0], protocol: [official]}}
-""" + extra)
-    s = run_suite("syn", progress=False, leaderboard=False)
-    assert s.failed == 0 and s.counts()["finished"] == 1, [r.line() for r in s.results]
-
-
-@pytest.mark.parametrize("flag, model", [("chestmnist", None), ("nodulemnist3d", "resnet18_3d_tiny"),
-                                         ("synapsemnist3d", "resnet18_3d_tiny")])
-def test_study_recipes_run_on_datasets_without_local_data(synth_dir, suites, flag, model):
-    """The study's two-stage recipes, exactly as `full` declares them, on synthetic files of the
-    official layout for the three datasets that have no data here (1 epoch each stage)."""
-    from bench.suitefile import load_merged
-
-    full = load_merged(Path(__file__).parents[2] / "suites" / "full.yaml")  # recipes may live in _base.yaml
-    recipes = {name: spec for name, spec in full["recipes"].items()
-               if name in full["grid"]["recipe"] and spec.get("init_from")}
-    assert recipes, "full declares no two-stage recipe"
-    for r in recipes.values():
-        r["train"] = {"epochs": 1}
-    extra = f"datasets: {{{flag}: {{model: {model}}}}}\n" if model else ""
-    suites("synft", f"""
-include: _base.yaml
-suite: synft
-train: {{epochs: 1, batch_size: 16}}
-recipes: {json.dumps(recipes)}
-grid: {{dataset: [{flag}], recipe: [{', '.join(recipes)}], aug: [false], seed: [0], protocol: [official]}}
-""" + extra)
-    s = run_suite("synft", progress=False, leaderboard=False)
-    c = s.counts()
-    assert s.failed == 0, [r.line() for r in s.results]
-    # the CE source runs once, first; compauc has no multi-label form, so ChestMNIST says so
-    n_na = sum(flag == "chestmnist" and r["objective"] == "compauc" for r in recipes.values())
-    assert c["finished"] == 1 + len(recipes) - n_na and c["not_applicable"] == n_na
+    s = run_suite("losses", progress=False, leaderboard=False)
+    assert s.failed == 0 and s.counts()["finished"] == 3, [r.line() for r in s.results]
+    assert cell_runs("medauc-bench/losses")["metrics.test_auc"].between(0, 1).all()
 
 
 def _suite_cmd(name):
@@ -149,7 +117,7 @@ def test_two_invocations_at_once(synth_dir, suites):
     suites("twin", """
 include: _base.yaml
 suite: twin
-train: {epochs: 2, batch_size: 8}
+train: {epochs: 1, batch_size: 8}
 grid: {dataset: [breastmnist], recipe: [ce, aucm], aug: [false, true], seed: [0], protocol: [official]}
 """)
     # create the store first so that the two processes do not both run its migrations
@@ -215,7 +183,7 @@ def test_medmnist_plus_size_runs_a_cell_on_a_synthetic_file(tmp_path, monkeypatc
     from leaderboard.build import build_leaderboard
     from bench.config import load_suite
 
-    make_npz(tmp_path / "data", flag, size=size, n=(32, 16, 16))
+    make_npz(tmp_path / "data", flag, size=size, n=(12, 6, 6))
     monkeypatch.setenv("BENCH_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setenv("BENCH_ALLOW_UNVERIFIED_DATA", "1")
     suites("plus", f"""

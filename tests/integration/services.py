@@ -370,6 +370,6 @@ def rerun_module_isolated(request, timeout: float = 300) -> str:
         raise AssertionError(f"in the namespace:\n{tail}")
     if "skipped" in lines[-1]:
         raise AssertionError(f"something was skipped in the namespace:\n{tail}")
-    durations = [l for l in lines if re.match(r"^[0-9.]+s (call|setup|teardown) ", l)]
+    durations = [line for line in lines if re.match(r"^[0-9.]+s (call|setup|teardown) ", line)]
     log.info("in the namespace, slowest: %s", "; ".join(durations))
     return lines[-1]

@@ -1,0 +1,117 @@
+"""--budget-minutes (bench.budget): epochs scaled to this machine's measured speed, never below the floors."""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from bench import budget as B
+from bench.cli import main
+from bench.config import expand, load_suite
+from bench.errors import ConfigError
+from bench.executors.estimate import estimate_seconds
+
+
+def _quick():
+    return load_suite("quick")
+
+
+def _expand(suite):
+    return lambda doc: expand(doc, suite.path, lambda f, size=None: "")
+
+
+def _epochs(cells):
+    return {(c.recipe, c.train.epochs) for c in cells}
+
+
+def test_a_fast_machine_runs_the_suite_as_declared():
+    suite = _quick()
+    choice = B.choose(suite, 15, {"resnet18_28": (1e5, 1e5)}, _expand(suite))
+    assert choice.scale == 1.0 and choice.epochs == {"train": 30, "finetune": 10}
+    assert "it fits" in choice.message
+
+
+def test_a_slow_machine_gets_fewer_epochs_in_proportion_and_within_the_budget():
+    suite = _quick()
+    speeds = {"resnet18_28": (72.0, 260.0)}  # fp32 on AVX2, measured (README "Speed")
+    choice = B.choose(suite, 15, speeds, _expand(suite))
+    limit = 15 * 60 * B.SAFETY
+    assert choice.scale < 1.0 and choice.seconds_chosen <= limit < choice.seconds_declared
+    lo, lo_ft = B.floors(suite)
+    assert lo <= choice.epochs["train"] < 30 and lo_ft <= choice.epochs["finetune"] < 10
+    # the largest scale that fits: one step up would not
+    bigger = B.scaled(suite.doc, round(choice.scale + 0.05, 2), lo, lo_ft)
+    assert sum(estimate_seconds(c, speeds) for c in _expand(suite)(bigger)) > limit
+    assert "runs train" in choice.message and "72/s training" in choice.message
+
+
+def test_the_floors_come_before_the_budget_and_say_so():
+    suite = _quick()
+    choice = B.choose(suite, 1, {"resnet18_28": (5.0, 20.0)}, _expand(suite))
+    assert choice.epochs == dict(zip(("train", "finetune"), B.floors(suite)))
+    assert "still over the budget" in choice.message
+
+
+def test_scaled_cells_are_other_cells_and_keep_their_sources():
+    suite = _quick()
+    doc = B.scaled(suite.doc, 0.5, *B.floors(suite))
+    cells = _expand(suite)(doc)
+    assert {e for _, e in _epochs(c for c in cells if c.init_from is None)} == {15}
+    assert {e for _, e in _epochs(c for c in cells if c.init_from)} == {5}
+    declared = {c.cell_id for c in suite.cells()}
+    assert declared.isdisjoint(c.cell_id for c in cells)
+    by_id = {c.cell_id: c for c in cells}
+    for c in cells:  # a fine-tune starts from the *scaled* CE cell
+        if c.init_from:
+            assert c.source_id in by_id and by_id[c.source_id].train.epochs == 15
+
+
+def test_scaling_never_raises_epochs_and_reaches_per_dataset_budgets():
+    doc = {"train": {"epochs": 10}, "finetune": {"epochs": 2},
+           "datasets": {"breastmnist": {"train": {"epochs": 40}, "finetune": {"epochs": 8}}}}
+    out = B.scaled(doc, 0.5, 12, 3)
+    assert out["train"]["epochs"] == 10  # the floor is above it: the declared value stays
+    assert out["finetune"]["epochs"] == 2
+    assert out["datasets"]["breastmnist"]["train"]["epochs"] == 20
+    assert out["datasets"]["breastmnist"]["finetune"]["epochs"] == 4
+    assert doc["datasets"]["breastmnist"]["train"]["epochs"] == 40  # the input is not changed
+
+
+def test_a_suite_without_floors_is_refused_in_one_line():
+    suite = dataclasses.replace(_quick(), doc={k: v for k, v in _quick().doc.items() if k != "budget"})
+    with pytest.raises(ConfigError, match=r"--budget-minutes needs the suite to declare its floors"):
+        B.floors(suite)
+    with pytest.raises(ConfigError, match=r"must be > 0"):
+        B.choose(_quick(), 0, {}, _expand(_quick()))
+
+
+@pytest.mark.parametrize("bad", [{"min_epochs": 0}, {"min_epochs": 12, "min_finetune_epochs": "x"}])
+def test_bad_floors_are_refused(bad):
+    suite = dataclasses.replace(_quick(), doc={**_quick().doc, "budget": bad})
+    with pytest.raises(ConfigError, match="budget.min_epochs"):
+        B.floors(suite)
+
+
+def test_an_unknown_budget_key_is_a_schema_error(tmp_path):
+    from bench.config import validate
+
+    doc = {**_quick().doc, "budget": {"min_epoch": 3}}
+    with pytest.raises(ConfigError, match="min_epoch"):
+        validate(doc, tmp_path / "x.yaml")
+
+
+def test_measure_speed_times_real_steps_on_the_cells_path():
+    train, score = B.measure_speed("resnet18_28", 1, "auto", "fast", seconds=0.4)
+    assert 0 < train < score  # a scoring pass is cheaper than a training step
+
+
+def test_the_cli_refuses_a_non_positive_budget():
+    res = CliRunner().invoke(main, ["suite", "quick", "--budget-minutes", "0", "--dry-run"])
+    assert res.exit_code == 2 and "--budget-minutes" in res.output
+
+
+def test_quick_declares_its_floors_with_their_reason():
+    text = _quick().path.read_text()
+    assert "budget:" in text and yaml.safe_load(text)["budget"]["min_epochs"] >= 1
