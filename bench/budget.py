@@ -91,67 +91,104 @@ def _epoch_keys(doc: dict):
                 yield over[key], key
 
 
-def floors(suite) -> tuple[int, int]:
-    """The suite's declared ``budget: {min_epochs, min_finetune_epochs}``; a suite without them cannot be scaled."""
+@dataclasses.dataclass(frozen=True)
+class Floors:
+    """What ``--budget-minutes`` never goes below (the suite's ``budget:``)."""
+    epochs: int
+    finetune_epochs: int
+    seeds: int  # grid seeds kept (the first ones); the declared count when the suite does not say
+
+
+def floors(suite) -> Floors:
+    """The suite's declared ``budget: {min_epochs, min_finetune_epochs, min_seeds}``; a suite without them cannot be scaled."""
     b = suite.doc.get("budget")
     if not isinstance(b, dict) or "min_epochs" not in b:
         raise ConfigError(f"{suite.path}: --budget-minutes needs the suite to declare its floors, e.g. "
-                          "'budget: {min_epochs: 12, min_finetune_epochs: 4}' (epochs below which its numbers stop meaning what it says)")
-    lo, lo_ft = b["min_epochs"], b.get("min_finetune_epochs", 1)
-    if not (isinstance(lo, int) and isinstance(lo_ft, int) and lo >= 1 and lo_ft >= 1):
-        raise ConfigError(f"{suite.path}: budget.min_epochs and budget.min_finetune_epochs must be integers >= 1")
-    return lo, lo_ft
+                          "'budget: {min_epochs: 20, min_finetune_epochs: 5, min_seeds: 1}' (below them its numbers stop meaning what it says)")
+    n_seeds = len(_seeds(suite.doc) or [None])
+    lo, lo_ft, lo_seeds = b["min_epochs"], b.get("min_finetune_epochs", 1), b.get("min_seeds", n_seeds)
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in (lo, lo_ft, lo_seeds)):
+        raise ConfigError(f"{suite.path}: budget.min_epochs, budget.min_finetune_epochs and budget.min_seeds must be integers >= 1")
+    return Floors(lo, lo_ft, min(lo_seeds, n_seeds))
 
 
-def scaled(doc: dict, scale: float, lo: int, lo_ft: int) -> dict:
-    """``doc`` with every epoch budget times ``scale`` (rounded), never below the floors nor above the declared value."""
+def _seeds(doc: dict) -> list | None:
+    seeds = (doc.get("grid") or {}).get("seed")
+    return seeds if isinstance(seeds, list) else None
+
+
+def scaled(doc: dict, scale: float, lo: int, lo_ft: int, n_seeds: int | None = None) -> dict:
+    """``doc`` with every epoch budget times ``scale`` (rounded), never below the floors nor above the declared
+    value, and with only the first ``n_seeds`` seeds of its grid (all when None)."""
     out = copy.deepcopy(doc)
     for settings, key in _epoch_keys(out):
         declared = int(settings["epochs"])
         floor = lo if key == "train" else lo_ft
         settings["epochs"] = min(declared, max(floor, round(declared * scale)))
+    if n_seeds is not None and _seeds(out) is not None:
+        out["grid"]["seed"] = out["grid"]["seed"][:n_seeds]
     return out
 
 
 @dataclasses.dataclass(frozen=True)
 class BudgetChoice:
     scale: float
+    seeds: list | None  # the grid seeds kept (None: the suite has no seed list)
     seconds_declared: float
     seconds_chosen: float
     epochs: dict  # "train"/"finetune" -> top-level epochs chosen
     message: str
+    doc: dict  # the suite document to run
+
+
+def _candidates(doc: dict, fl: Floors):
+    """(seeds kept, scale, document) from the declared suite down to its floors, largest first. Seeds go
+    last: a seed less costs a third of a 3-seed suite at once, so every epoch scale above the floors is
+    tried first; with one seed less the epochs start again from the declared ones, because epochs under
+    the floors are what makes a number meaningless, and a seed less only widens its spread."""
+    n = len(_seeds(doc) or [None])
+    for k in range(n, fl.seeds - 1, -1):
+        last = None
+        for s in SCALES:
+            d = scaled(doc, s, fl.epochs, fl.finetune_epochs, k)
+            if d != last:  # rounding and the floors make neighbouring scales the same suite
+                yield k, s, d
+            last = d
 
 
 def choose(suite, minutes: float, speeds: dict, expand_cells) -> BudgetChoice:
-    """The largest scale whose estimate fits ``minutes`` (floors kept). ``speeds``: model -> (train, eval)
-    per second measured here; ``expand_cells(doc)`` -> the cells of a suite document."""
+    """The largest configuration whose estimate fits ``minutes``: the most seeds, then the largest epoch
+    scale, never under the floors (see ``_candidates``). ``speeds``: model -> (train, eval) per second
+    measured here; ``expand_cells(doc)`` -> the cells of a suite document."""
     from bench.executors.estimate import estimate_seconds
 
     if minutes <= 0:
         raise ConfigError(f"--budget-minutes must be > 0, got {minutes}")
-    lo, lo_ft = floors(suite)
+    fl = floors(suite)
 
     def seconds(doc):
         return sum(estimate_seconds(c, speeds) for c in expand_cells(doc))
 
     declared, limit = seconds(suite.doc), minutes * 60 * SAFETY
-    chosen_scale, chosen_doc, chosen = 1.0, suite.doc, declared
-    if declared > limit:
-        for s in SCALES[1:]:
-            doc = scaled(suite.doc, s, lo, lo_ft)
-            chosen_scale, chosen_doc, chosen = s, doc, seconds(doc)
-            if chosen <= limit:
-                break
-    epochs = {k: (chosen_doc.get(k) or {}).get("epochs") for k in ("train", "finetune")}
+    chosen = None
+    for k, s, doc in _candidates(suite.doc, fl):
+        chosen = (k, s, doc, declared if doc == suite.doc else seconds(doc))
+        if chosen[3] <= limit:
+            break
+    k, scale, doc, secs = chosen
+    seeds = _seeds(doc)
+    epochs = {key: (doc.get(key) or {}).get("epochs") for key in ("train", "finetune")}
     rates = ", ".join(f"{m} {tr:.0f}/s training, {ev:.0f}/s scoring" for m, (tr, ev) in sorted(speeds.items()))
-    what = " and ".join(f"{k} {v}" for k, v in epochs.items() if v is not None)
-    if chosen_scale == 1.0:
+    what = " and ".join(f"{key} {v}" for key, v in epochs.items() if v is not None)
+    if doc == suite.doc:
         msg = f"budget {minutes:g} min: measured {rates}; {suite.name} as declared ({what} epochs) needs ~{declared / 60:.0f} min: it fits"
     else:
-        over = "" if chosen <= limit else f" -- still over the budget: the suite's floors (min_epochs {lo}, min_finetune_epochs {lo_ft}) come first"
+        over = "" if secs <= limit else (f" -- still over the budget: the suite's floors (min_epochs {fl.epochs}, "
+                                         f"min_finetune_epochs {fl.finetune_epochs}, min_seeds {fl.seeds}) come first")
+        kept = "" if seeds == _seeds(suite.doc) else f", seeds {seeds} of {_seeds(suite.doc)}"
         msg = (f"budget {minutes:g} min: measured {rates}; {suite.name} as declared needs ~{declared / 60:.0f} min, "
-               f"so it runs {what} epochs (x{chosen_scale:g}, ~{chosen / 60:.0f} min){over}")
-    return BudgetChoice(chosen_scale, declared, chosen, epochs, msg)
+               f"so it runs {what} epochs (x{scale:g}){kept}, ~{secs / 60:.0f} min{over}")
+    return BudgetChoice(scale, seeds, declared, secs, epochs, msg, doc)
 
 
 def fit_budget(suite, minutes: float, fingerprint, seconds_per_probe: float = 3.0):
@@ -167,6 +204,4 @@ def fit_budget(suite, minutes: float, fingerprint, seconds_per_probe: float = 3.
                                       seconds_per_probe)
     choice = choose(suite, minutes, speeds, lambda doc: expand(doc, suite.path, fingerprint))
     log.info("%s", choice.message)
-    if choice.scale == 1.0:
-        return suite, choice
-    return dataclasses.replace(suite, doc=scaled(suite.doc, choice.scale, *floors(suite))), choice
+    return (suite if choice.doc == suite.doc else dataclasses.replace(suite, doc=choice.doc)), choice

@@ -298,6 +298,7 @@ class Budget(BaseModel):
     model_config = S.STRICT
     min_epochs: int = None
     min_finetune_epochs: int = None
+    min_seeds: int = None
 
 
 class SuiteSchema(BaseModel):

@@ -26,46 +26,73 @@ def _epochs(cells):
     return {(c.recipe, c.train.epochs) for c in cells}
 
 
+def _seconds(suite, doc, speeds):
+    return sum(estimate_seconds(c, speeds) for c in _expand(suite)(doc))
+
+
 def test_a_fast_machine_runs_the_suite_as_declared():
     suite = _quick()
     choice = B.choose(suite, 15, {"resnet18_28": (1e5, 1e5)}, _expand(suite))
-    assert choice.scale == 1.0 and choice.epochs == {"train": 30, "finetune": 10}
-    assert "it fits" in choice.message
+    assert choice.scale == 1.0 and choice.epochs == {"train": 30, "finetune": 10} and choice.doc == suite.doc
+    assert choice.seeds == [0, 1, 2] and "it fits" in choice.message
 
 
-def test_a_slow_machine_gets_fewer_epochs_in_proportion_and_within_the_budget():
+def test_a_slightly_slow_machine_gets_fewer_epochs_in_proportion_and_keeps_its_seeds():
     suite = _quick()
-    speeds = {"resnet18_28": (72.0, 260.0)}  # fp32 on AVX2, measured (README "Speed")
-    choice = B.choose(suite, 15, speeds, _expand(suite))
     limit = 15 * 60 * B.SAFETY
-    assert choice.scale < 1.0 and choice.seconds_chosen <= limit < choice.seconds_declared
-    lo, lo_ft = B.floors(suite)
-    assert lo <= choice.epochs["train"] < 30 and lo_ft <= choice.epochs["finetune"] < 10
+    # a speed at which the declared suite needs ~20% more than the budget
+    speeds = {"resnet18_28": (1.0, 4.0)}
+    base = _seconds(suite, suite.doc, speeds)
+    v = base / (limit * 1.2)  # seconds scale as 1/speed (start-up aside)
+    speeds = {"resnet18_28": (v, 4 * v)}
+    choice = B.choose(suite, 15, speeds, _expand(suite))
+    fl = B.floors(suite)
+    assert choice.seeds == [0, 1, 2] and choice.scale < 1.0
+    assert choice.seconds_chosen <= limit < choice.seconds_declared
+    assert fl.epochs <= choice.epochs["train"] <= 30 and fl.finetune_epochs <= choice.epochs["finetune"] < 10
     # the largest scale that fits: one step up would not
-    bigger = B.scaled(suite.doc, round(choice.scale + 0.05, 2), lo, lo_ft)
-    assert sum(estimate_seconds(c, speeds) for c in _expand(suite)(bigger)) > limit
-    assert "runs train" in choice.message and "72/s training" in choice.message
+    bigger = B.scaled(suite.doc, round(choice.scale + 0.05, 2), fl.epochs, fl.finetune_epochs)
+    assert _seconds(suite, bigger, speeds) > limit
+    assert "runs train" in choice.message and "seeds" not in choice.message.split("runs")[1]
+
+
+def test_an_avx2_machine_keeps_the_epoch_floors_and_drops_seeds_first():
+    suite = _quick()
+    speeds = {"resnet18_28": (61.0, 214.0)}  # the probe in fp32, AVX2 emulated (README, "Speed")
+    choice = B.choose(suite, 15, speeds, _expand(suite))
+    fl = B.floors(suite)
+    assert choice.seconds_chosen <= 15 * 60 * B.SAFETY
+    assert len(choice.seeds) < 3 and choice.seeds == [0, 1, 2][: len(choice.seeds)]
+    assert choice.epochs["train"] >= fl.epochs and choice.epochs["finetune"] >= fl.finetune_epochs
+    # with one seed more, even the floors would not fit
+    more = B.scaled(suite.doc, 0.05, fl.epochs, fl.finetune_epochs, len(choice.seeds) + 1)
+    assert _seconds(suite, more, speeds) > 15 * 60 * B.SAFETY
+    assert f"seeds {choice.seeds} of [0, 1, 2]" in choice.message
+    cells = _expand(suite)(choice.doc)
+    assert {c.seed for c in cells} == set(choice.seeds) and len(cells) == 5 * len(choice.seeds)
 
 
 def test_the_floors_come_before_the_budget_and_say_so():
     suite = _quick()
     choice = B.choose(suite, 1, {"resnet18_28": (5.0, 20.0)}, _expand(suite))
-    assert choice.epochs == dict(zip(("train", "finetune"), B.floors(suite)))
+    fl = B.floors(suite)
+    assert choice.epochs == {"train": fl.epochs, "finetune": fl.finetune_epochs}
+    assert len(choice.seeds) == fl.seeds
     assert "still over the budget" in choice.message
 
 
 def test_scaled_cells_are_other_cells_and_keep_their_sources():
     suite = _quick()
-    doc = B.scaled(suite.doc, 0.5, *B.floors(suite))
+    doc = B.scaled(suite.doc, 0.8, 12, 4)  # floors below the scaled epochs: both stages scale
     cells = _expand(suite)(doc)
-    assert {e for _, e in _epochs(c for c in cells if c.init_from is None)} == {15}
-    assert {e for _, e in _epochs(c for c in cells if c.init_from)} == {5}
+    assert {e for _, e in _epochs(c for c in cells if c.init_from is None)} == {24}
+    assert {e for _, e in _epochs(c for c in cells if c.init_from)} == {8}
     declared = {c.cell_id for c in suite.cells()}
     assert declared.isdisjoint(c.cell_id for c in cells)
     by_id = {c.cell_id: c for c in cells}
     for c in cells:  # a fine-tune starts from the *scaled* CE cell
         if c.init_from:
-            assert c.source_id in by_id and by_id[c.source_id].train.epochs == 15
+            assert c.source_id in by_id and by_id[c.source_id].train.epochs == 24
 
 
 def test_scaling_never_raises_epochs_and_reaches_per_dataset_budgets():
@@ -87,7 +114,8 @@ def test_a_suite_without_floors_is_refused_in_one_line():
         B.choose(_quick(), 0, {}, _expand(_quick()))
 
 
-@pytest.mark.parametrize("bad", [{"min_epochs": 0}, {"min_epochs": 12, "min_finetune_epochs": "x"}])
+@pytest.mark.parametrize("bad", [{"min_epochs": 0}, {"min_epochs": 12, "min_finetune_epochs": "x"},
+                                 {"min_epochs": 12, "min_seeds": 0}, {"min_epochs": True}])
 def test_bad_floors_are_refused(bad):
     suite = dataclasses.replace(_quick(), doc={**_quick().doc, "budget": bad})
     with pytest.raises(ConfigError, match="budget.min_epochs"):
