@@ -17,12 +17,13 @@ pass for the declared suite's runs, and the leaderboard built at the end is of t
 """
 from __future__ import annotations
 
-import copy
 import dataclasses
+import json
 import logging
 import time
 
 from bench.errors import ConfigError
+from bench.scaling import Floors, floors, scaled, seeds_of
 
 log = logging.getLogger(__name__)
 
@@ -67,67 +68,22 @@ def measure_speed(model_name: str, n_channels: int, precision: str, path: str, s
 
     def rate(step, share: float) -> float:
         step()  # warm-up: oneDNN picks and caches its kernels on the first call
-        n, t0 = 0, time.perf_counter()
-        while n == 0 or time.perf_counter() - t0 < seconds * share:
-            step()
-            n += batch
-        if xp.device.type == "cuda":
-            torch.cuda.synchronize()
-        return n / (time.perf_counter() - t0)
+        # the median of three windows: one window swung 46-61 img/s between runs on one machine
+        rates = []
+        for _ in range(3):
+            n, t0 = 0, time.perf_counter()
+            while n == 0 or time.perf_counter() - t0 < seconds * share / 3:
+                step()
+                n += batch
+            if xp.device.type == "cuda":
+                torch.cuda.synchronize()
+            rates.append(n / (time.perf_counter() - t0))
+        return sorted(rates)[1]
 
     model.train()
     train = rate(train_step, 0.75)
     model.eval()
     return train, rate(eval_step, 0.25)
-
-
-def _epoch_keys(doc: dict):
-    """(settings dict, key) of every epoch budget in a suite document: train/finetune, top level and per dataset."""
-    for key in ("train", "finetune"):
-        if isinstance(doc.get(key), dict) and "epochs" in doc[key]:
-            yield doc[key], key
-        for over in (doc.get("datasets") or {}).values():
-            if isinstance(over, dict) and isinstance(over.get(key), dict) and "epochs" in over[key]:
-                yield over[key], key
-
-
-@dataclasses.dataclass(frozen=True)
-class Floors:
-    """What ``--budget-minutes`` never goes below (the suite's ``budget:``)."""
-    epochs: int
-    finetune_epochs: int
-    seeds: int  # grid seeds kept (the first ones); the declared count when the suite does not say
-
-
-def floors(suite) -> Floors:
-    """The suite's declared ``budget: {min_epochs, min_finetune_epochs, min_seeds}``; a suite without them cannot be scaled."""
-    b = suite.doc.get("budget")
-    if not isinstance(b, dict) or "min_epochs" not in b:
-        raise ConfigError(f"{suite.path}: --budget-minutes needs the suite to declare its floors, e.g. "
-                          "'budget: {min_epochs: 20, min_finetune_epochs: 5, min_seeds: 1}' (below them its numbers stop meaning what it says)")
-    n_seeds = len(_seeds(suite.doc) or [None])
-    lo, lo_ft, lo_seeds = b["min_epochs"], b.get("min_finetune_epochs", 1), b.get("min_seeds", n_seeds)
-    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in (lo, lo_ft, lo_seeds)):
-        raise ConfigError(f"{suite.path}: budget.min_epochs, budget.min_finetune_epochs and budget.min_seeds must be integers >= 1")
-    return Floors(lo, lo_ft, min(lo_seeds, n_seeds))
-
-
-def _seeds(doc: dict) -> list | None:
-    seeds = (doc.get("grid") or {}).get("seed")
-    return seeds if isinstance(seeds, list) else None
-
-
-def scaled(doc: dict, scale: float, lo: int, lo_ft: int, n_seeds: int | None = None) -> dict:
-    """``doc`` with every epoch budget times ``scale`` (rounded), never below the floors nor above the declared
-    value, and with only the first ``n_seeds`` seeds of its grid (all when None)."""
-    out = copy.deepcopy(doc)
-    for settings, key in _epoch_keys(out):
-        declared = int(settings["epochs"])
-        floor = lo if key == "train" else lo_ft
-        settings["epochs"] = min(declared, max(floor, round(declared * scale)))
-    if n_seeds is not None and _seeds(out) is not None:
-        out["grid"]["seed"] = out["grid"]["seed"][:n_seeds]
-    return out
 
 
 @dataclasses.dataclass(frozen=True)
@@ -146,7 +102,7 @@ def _candidates(doc: dict, fl: Floors):
     last: a seed less costs a third of a 3-seed suite at once, so every epoch scale above the floors is
     tried first; with one seed less the epochs start again from the declared ones, because epochs under
     the floors are what makes a number meaningless, and a seed less only widens its spread."""
-    n = len(_seeds(doc) or [None])
+    n = len(seeds_of(doc) or [None])
     for k in range(n, fl.seeds - 1, -1):
         last = None
         for s in SCALES:
@@ -176,7 +132,7 @@ def choose(suite, minutes: float, speeds: dict, expand_cells) -> BudgetChoice:
         if chosen[3] <= limit:
             break
     k, scale, doc, secs = chosen
-    seeds = _seeds(doc)
+    seeds = seeds_of(doc)
     epochs = {key: (doc.get(key) or {}).get("epochs") for key in ("train", "finetune")}
     rates = ", ".join(f"{m} {tr:.0f}/s training, {ev:.0f}/s scoring" for m, (tr, ev) in sorted(speeds.items()))
     what = " and ".join(f"{key} {v}" for key, v in epochs.items() if v is not None)
@@ -185,7 +141,7 @@ def choose(suite, minutes: float, speeds: dict, expand_cells) -> BudgetChoice:
     else:
         over = "" if secs <= limit else (f" -- still over the budget: the suite's floors (min_epochs {fl.epochs}, "
                                          f"min_finetune_epochs {fl.finetune_epochs}, min_seeds {fl.seeds}) come first")
-        kept = "" if seeds == _seeds(suite.doc) else f", seeds {seeds} of {_seeds(suite.doc)}"
+        kept = "" if seeds == seeds_of(suite.doc) else f", seeds {seeds} of {seeds_of(suite.doc)}"
         msg = (f"budget {minutes:g} min: measured {rates}; {suite.name} as declared needs ~{declared / 60:.0f} min, "
                f"so it runs {what} epochs (x{scale:g}){kept}, ~{secs / 60:.0f} min{over}")
     return BudgetChoice(scale, seeds, declared, secs, epochs, msg, doc)
@@ -205,3 +161,9 @@ def fit_budget(suite, minutes: float, fingerprint, seconds_per_probe: float = 3.
     choice = choose(suite, minutes, speeds, lambda doc: expand(doc, suite.path, fingerprint))
     log.info("%s", choice.message)
     return (suite if choice.doc == suite.doc else dataclasses.replace(suite, doc=choice.doc)), choice
+
+
+
+def tag_value(choice: BudgetChoice, minutes: float) -> str:
+    """What the runs record (``bench_budget``): enough to rebuild the same suite document (bench.scaling.reapply)."""
+    return json.dumps({"minutes": minutes, "scale": choice.scale, "seeds": choice.seeds})

@@ -166,7 +166,15 @@ def worker_context(suite: Suite, tracker, executor, parent_id: str | None, o: Ru
         data_dir=data_root, data_dir_is_hint=remote, allow_unverified=allow_unverified, rerun=o.rerun,
         progress=o.progress and not remote, shift=bool(suite.doc.get("shift")), executor=executor.name,
         http_env=tuple(sorted(http_retry_env().items())), system_metrics=o.system_metrics,
+        run_tags=_run_tags(o),
     )
+
+
+def _run_tags(o: RunOptions) -> tuple:
+    """Tags of every run of this invocation, parent and cells: a scaled suite says how it was scaled."""
+    from bench.scaling import TAG
+
+    return ((TAG, o.budget_tag),) if o.budget_tag else ()
 
 
 def execute_plan(suite: Suite, plan, tracker, executor, n_cells: int, o: RunOptions) -> tuple[Summary, str]:
@@ -176,6 +184,7 @@ def execute_plan(suite: Suite, plan, tracker, executor, n_cells: int, o: RunOpti
              "store %s, executor %s)", suite.name, n_cells, len(plan), tracker.experiment_name, tracker.uri,
              executor.name)
     t0 = time.perf_counter()
+    tracker.context_tags.update(dict(_run_tags(o)))  # the parent and the cells run here
     parent = tracker.start_parent(suite.name, {"bench_suite_file": str(suite.path), "bench_cells": n_cells})
     status = "FINISHED"
     try:
@@ -255,6 +264,7 @@ class RunOptions:
     system_metrics: bool = False
     pilot: str | None = None  # dry run: the suite whose runs give the power line's SD
     budget_minutes: float | None = None  # scale the suite's epochs to fit this many minutes here (bench.budget)
+    budget_tag: str | None = None  # set by run_suite after bench.budget chose: recorded on the parent run
 
 
 def run_suite(name: str, options: RunOptions | None = None, **fields):
@@ -279,7 +289,10 @@ def _run(name: str, o: RunOptions, keep=None):
     if o.budget_minutes is not None:  # fewer epochs where this machine is slow, said before anything runs
         from bench.budget import fit_budget
 
-        suite, _ = fit_budget(suite, o.budget_minutes, data_fingerprint(data_root))
+        from bench.budget import tag_value
+
+        suite, choice = fit_budget(suite, o.budget_minutes, data_fingerprint(data_root))
+        o = dataclasses.replace(o, budget_tag=tag_value(choice, o.budget_minutes))
     filters = parse_only(tuple(o.only))
     all_cells = suite.cells(data_fingerprint(data_root))
     cells = select(all_cells, filters)

@@ -419,6 +419,17 @@ def search_runs_frame(experiment_names: list[str], filter_string: str = ""):
     return mlflow.search_runs(experiment_ids=ids, filter_string=filter_string, max_results=100_000)
 
 
+def last_parent_tags(experiment: str, suite: str) -> dict:
+    """The tags of the newest parent run of ``suite`` in ``experiment`` ({} when there is none)."""
+    client = MlflowClient(tracking_uri())
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return {}
+    runs = client.search_runs([exp.experiment_id], f"tags.bench_role = 'suite' and tags.bench_suite = '{suite}'",
+                              max_results=1, order_by=["attributes.start_time DESC"])
+    return dict(runs[0].data.tags) if runs else {}
+
+
 def log_files(run_id: str, files: list, artifact_path: str) -> None:
     """Attach files (e.g. the generated leaderboard) to an existing run."""
     client = MlflowClient(tracking_uri())

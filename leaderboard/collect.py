@@ -20,7 +20,7 @@ KEEP_PARAMS = ("dataset", "size", "recipe", "objective", "model", "aug", "seed",
 KEEP_TAGS = ("bench_cell_id", "bench_group_id", "bench_suite", "bench_status", "bench_git_commit", "bench_git_dirty",
              "bench_code_digest", "data_md5", "data_verified", "positive_label", "sampler_label", "precision",
              "bench_version", "bench_role", "bench_members", "shift_status", "bench_init_run_id",
-             "bench_torch_threads", "bench_versions")
+             "bench_torch_threads", "bench_versions", "bench_budget")
 # gate_kept_init and ungated_*: the fine-tune's two validation-chosen candidates (bench.runner)
 KEEP_METRICS = tuple(f"{s}_{m}" for s in ("val", "test") for m in METRIC_NAMES) + (
     "best_epoch", "train_seconds", "gate_kept_init", "ungated_best_epoch", "ungated_val_auc", "ungated_test_auc",

@@ -58,7 +58,8 @@ class PowerLine:
         return (f"primary endpoint ({self.endpoint}), n = {self.n} pairs; SD of paired differences "
                 f"{self.sd:.4f} from pilot `{self.pilot}` ({self.pilot_pairs} pairs of its primary endpoint); "
                 f"minimum detectable Δ at {self.power:.0%} power, two-sided α = {self.alpha:g} (paired t): "
-                f"{self.mdd:.4f} AUC (the exact Wilcoxon test needs ~5% more pairs for the same power)")
+                + (f"{self.mdd:.4f} AUC (the exact Wilcoxon test needs ~5% more pairs for the same power)" if self.n >= 2
+                   else f"not defined with n = {self.n} (a test needs at least 2 pairs)"))
 
 
 def pilot_sd(pilot: str, leaderboard_dir: Path = LEADERBOARD) -> tuple[float, int]:

@@ -41,6 +41,7 @@ LAYERS: dict[str, int] = {
     "bench.executors": 7, "bench.executors.graph": 7, "bench.executors.simulate": 7, "bench.executors.estimate": 7,
     "bench.executors.resources": 7, "bench.executors.raysafe": 7, "bench.executors.worker": 7,
     "bench.executors.local": 7, "bench.executors.pool": 7, "bench.executors.ray_executor": 7, "bench.driver": 7,
+    "bench.scaling": 0,  # a suite document scaled to a time budget, and back from the runs' tag (pure dicts)
     "bench.budget": 7,  # scales a suite to a time budget from speeds measured here, before the executor runs it
     "bench.shift.posthoc": 7,  # re-scores finished runs of a store: drives models and tracking like an executor
     # 8: the leaderboard (reads tracking's runs or a -runs.csv)
@@ -52,7 +53,7 @@ LAYERS: dict[str, int] = {
 }
 # what the leaderboard may import from bench: torch-free modules only (checked below without torch)
 LEADERBOARD_MAY_USE = {"bench", "bench.catalog", "bench.errors", "bench.analysis", "bench.suitefile", "bench.datasets",
-                       "bench.datafiles", "bench.registry", "bench.tracking"}
+                       "bench.datafiles", "bench.registry", "bench.tracking", "bench.scaling"}
 # The driver builds the leaderboard at the end of a suite: the one call from a lower layer up,
 # made inside a function, after every run has ended (the flow still ends at the leaderboard).
 ALLOWED_UPWARD = {("bench.driver", "leaderboard.build"), ("bench.driver", "leaderboard.power")}

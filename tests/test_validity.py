@@ -323,6 +323,15 @@ def test_minimum_detectable_delta_matches_the_noncentral_t():
     assert min_detectable(0.027, 20) < min_detectable(0.027, 10)
 
 
+def test_the_power_line_of_one_pair_says_it_is_not_defined():
+    # make run on a slow CPU keeps one seed of quick (bench.budget): its power line must not print "nan"
+    from leaderboard.power import PowerLine
+
+    line = PowerLine(n=1, sd=0.027, pilot="confirm", pilot_pairs=20, alpha=0.05, power=0.8, endpoint="x").text()
+    assert "not defined with n = 1" in line and "nan" not in line
+    assert "0.0871 AUC" in PowerLine(3, 0.0267, "confirm", 20, 0.05, 0.8, "x").text()
+
+
 def test_dry_run_states_power_from_the_pilot(suites, tmp_path, monkeypatch):
     from bench.driver import run_suite
 

@@ -58,6 +58,7 @@ class WorkerContext:
     http_env: tuple = ()  # (name, value) MLflow HTTP retry settings (bench.tracking.HTTP_RETRIES)
     source_poll_s: float = 5.0  # how often a dependent checks a source claimed by another process
     system_metrics: bool = False  # log CPU/memory/GPU utilisation into each cell run
+    run_tags: tuple = ()  # (name, value) every run of this invocation carries, e.g. bench_budget (bench.scaling)
 
 
 @dataclass(frozen=True)
@@ -211,6 +212,7 @@ def ray_entry(task: CellTask, ctx: WorkerContext, threads: int) -> CellResult:
     try:
         tracker = _tracker(ctx.experiment, ctx.tracking_uri, tuple(ctx.reuse), ctx.claims_uri, ctx.executor,
                            ctx.system_metrics)
+        tracker.context_tags.update(dict(ctx.run_tags))
     except BenchError as exc:
         msg = f"worker {host()}: {exc}"
         return CellResult(task.cell.cell_id, task.cell.run_name, "failed", error=msg)
