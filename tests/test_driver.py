@@ -1,4 +1,6 @@
 """Driver: skip logic, failure isolation, claims, stale runs, init_from, not-applicable cells."""
+import json
+
 import mlflow
 import pytest
 
@@ -275,3 +277,26 @@ def test_seed_ensemble_is_its_own_run_and_matches_its_members(suites, synth_dir,
     md = build_leaderboard("e", out_dir=tmp_path / "lb", charts=False, declared=load_suite("e")).read_text()
     assert "### Seed ensembles" in md and "2 (0,1)" in md
     assert "**2 runs**" in md  # the ensemble is not counted as a single-model run
+
+
+def test_a_budget_run_scales_the_suite_and_tags_every_run_with_how(suites, synth_dir, monkeypatch):
+    # a machine too slow for the declared suite: the floors win, and the parent and cells say so
+    import bench.budget as B
+    from bench import cli
+    from bench.config import load_suite
+    from bench.scaling import TAG
+
+    path = suites("t", SUITE.format(name="t", datasets="[breastmnist]", objectives="[ce]").replace(
+        "seed: [0]", "seed: [0, 1]").replace("epochs: 1,", "epochs: 3,") + "budget: {min_epochs: 1, min_seeds: 1}\n")
+    assert path.is_file()
+    monkeypatch.setattr(B, "measure_speed", lambda *a, **k: (0.01, 0.04))
+    s = run_suite("t", progress=False, leaderboard=False, budget_minutes=1)
+    assert s.failed == 0 and s.counts()["finished"] == 1  # seed 0 only, at the floor of 1 epoch
+    df = runs()
+    assert list(df["params.seed"]) == ["0"] and list(df["params.epochs"]) == ["1"]
+    rec = json.loads(df[f"tags.{TAG}"].iloc[0])
+    assert rec == {"minutes": 1, "scale": 0.05, "seeds": [0]}
+    parent = mlflow.search_runs(experiment_names=["medauc-bench/t"], filter_string="tags.bench_role = 'suite'")
+    assert list(parent[f"tags.{TAG}"]) == [df[f"tags.{TAG}"].iloc[0]]
+    read = cli._as_last_run(load_suite("t"), "medauc-bench/t")  # what `bench leaderboard --suite t` reads
+    assert [(c.seed, c.train.epochs) for c in read.cells()] == [(0, 1)]
