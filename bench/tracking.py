@@ -19,6 +19,7 @@ server restarted mid-suite costs a pause, not a run.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -27,6 +28,8 @@ import sys
 import time
 from pathlib import Path
 from urllib.parse import urlparse
+
+import filelock
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("MLFLOW_ENABLE_TELEMETRY", "false")
@@ -402,11 +405,24 @@ def check_reachable(uri: str, timeout: float = 3.0) -> None:
                 f"(or set MLFLOW_ALLOW_FILE_STORE=true)"
             )
     try:
-        with temporary_environ(probe):
+        with temporary_environ(probe), _creating(uri):
             MlflowClient(uri).search_experiments(max_results=1)
     except Exception as exc:  # any store error: say it once, clearly
         first = str(getattr(exc, "message", exc)).splitlines()[0] if str(exc) else type(exc).__name__
         raise TrackingError(f"tracking store {redact(uri)} cannot be used ({first[:300]})") from None
+
+
+def _creating(uri: str):
+    """A lock held while the first client of a SQLite store creates its tables.
+
+    MLflow creates and migrates a SQLite store on first open; two processes doing that at
+    once (two drivers started together, or a driver and a UI) can both run the migrations,
+    and one of them fails. A ``flock`` file next to the database makes the second wait for
+    the first; other store kinds migrate server-side and need nothing."""
+    if not uri.startswith("sqlite:///"):
+        return contextlib.nullcontext()
+    db = Path(uri[len("sqlite:///"):]).resolve()
+    return filelock.FileLock(db.parent / f".{db.name}.create.lock", timeout=120, is_singleton=False)
 
 
 def search_runs_frame(experiment_names: list[str], filter_string: str = ""):

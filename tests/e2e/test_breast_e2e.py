@@ -158,18 +158,31 @@ suite: term
 train: {epochs: 50, batch_size: 8}
 grid: {dataset: [breastmnist], recipe: [ce], aug: [false], seed: [0], protocol: [official]}
 """)
-    proc = subprocess.Popen(_suite_cmd("term"), cwd=REPO, env=dict(os.environ), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+    from bench.tracking import Tracker
+
+    # the store exists before this process polls it while the driver opens it (two first
+    # opens of one SQLite file both migrate it; CI once lost that race and the driver exited 2)
+    Tracker("medauc-bench/term")
+    log = synth_dir.parent / "term.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(_suite_cmd("term"), cwd=REPO, env=dict(os.environ), stdout=subprocess.DEVNULL,
+                                stderr=out, text=True)
     deadline = time.time() + 120
     while time.time() < deadline:
         df = cell_runs("medauc-bench/term")
         if df is not None and len(df) == 1:
             break
+        if proc.poll() is not None:
+            pytest.fail(f"suite ended ({proc.returncode}) before its cell started:\n{log.read_text()[-2000:]}")
         time.sleep(0.5)
+    else:
+        proc.kill()
+        pytest.fail(f"the cell did not start:\n{log.read_text()[-2000:]}")
     time.sleep(2)
     proc.send_signal(signal.SIGTERM)
-    err = proc.communicate(timeout=60)[1]
-    assert proc.returncode == 130 and "run the same command again to resume" in err
+    proc.wait(timeout=60)
+    err = log.read_text()
+    assert proc.returncode == 130 and "run the same command again to resume" in err, err[-2000:]
     mlflow.set_tracking_uri(tracking_uri())
     df = mlflow.search_runs(experiment_names=["medauc-bench/term"])
     assert set(df["status"]) == {"KILLED"} and set(df["tags.bench_status"]) == {"interrupted"}
