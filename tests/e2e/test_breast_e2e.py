@@ -26,6 +26,16 @@ def cell_runs(exp):
         return None
 
 
+def test_the_real_smoke_group_stays_on_one_worker(request):
+    """`--dist loadgroup` must keep this module and the UI tests on one worker, or each worker
+    trains its own `smoke` run and starts its own mlflow ui (~90 s each on 2 cores). pytest 9.2
+    broke that silently (pytest-xdist#1386: the group suffix no longer reaches the node id)."""
+    if not getattr(request.config.option, "loadgroup", False):  # set on xdist workers under --dist loadgroup
+        pytest.skip("not under pytest-xdist --dist loadgroup")
+    assert request.node.nodeid.endswith("@real_smoke"), (
+        f"{request.node.nodeid}: xdist ignored the xdist_group mark; keep pytest at the version pyproject pins")
+
+
 def test_smoke_suite_on_real_breast(real_smoke, monkeypatch, tmp_path):
     """The session's real `smoke` run (tests/conftest.py): verified data, the clinically positive
     class, test metrics, and a leaderboard built from the store."""
