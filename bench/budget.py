@@ -18,7 +18,6 @@ pass for the declared suite's runs, and the leaderboard built at the end is of t
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import time
 
@@ -161,9 +160,3 @@ def fit_budget(suite, minutes: float, fingerprint, seconds_per_probe: float = 3.
     choice = choose(suite, minutes, speeds, lambda doc: expand(doc, suite.path, fingerprint))
     log.info("%s", choice.message)
     return (suite if choice.doc == suite.doc else dataclasses.replace(suite, doc=choice.doc)), choice
-
-
-
-def tag_value(choice: BudgetChoice, minutes: float) -> str:
-    """What the runs record (``bench_budget``): enough to rebuild the same suite document (bench.scaling.reapply)."""
-    return json.dumps({"minutes": minutes, "scale": choice.scale, "seeds": choice.seeds})

@@ -287,7 +287,8 @@ def _run(name: str, o: RunOptions, keep=None):
     rerun, dry, data_root, allow_unverified = o.rerun, o.dry, o.data_root, o.allow_unverified
     suite = load_suite(name)
     if o.budget_minutes is not None:  # fewer epochs where this machine is slow, said before anything runs
-        from bench.budget import fit_budget, tag_value
+        from bench.budget import fit_budget
+        from bench.scaling import tag_value
 
         suite, choice = fit_budget(suite, o.budget_minutes, data_fingerprint(data_root))
         o = dataclasses.replace(o, budget_tag=tag_value(choice, o.budget_minutes))

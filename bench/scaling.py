@@ -64,6 +64,12 @@ def scaled(doc: dict, scale: float, lo: int, lo_ft: int, n_seeds: int | None = N
     return out
 
 
+def tag_value(choice, minutes: float) -> str:
+    """What the runs of a scaled suite record (``TAG``) from a ``bench.budget.BudgetChoice``: enough for
+    :func:`reapply` to rebuild the same suite document; the tag's writer and reader live here together."""
+    return json.dumps({"minutes": minutes, "scale": choice.scale, "seeds": choice.seeds})
+
+
 def reapply(suite, value: str):
     """``suite`` as a ``--budget-minutes`` run recorded it (the ``bench_budget`` tag of its runs)."""
     try:

@@ -149,10 +149,10 @@ def test_quick_declares_its_floors_with_their_reason():
 def test_the_parent_runs_tag_rebuilds_the_same_cells():
     suite = _quick()
     choice = B.choose(suite, 15, {"resnet18_28": (61.0, 214.0)}, _expand(suite))
-    again = S.reapply(suite, B.tag_value(choice, 15))
+    again = S.reapply(suite, S.tag_value(choice, 15))
     assert {c.cell_id for c in again.cells()} == {c.cell_id for c in _expand(suite)(choice.doc)}
     full = B.choose(suite, 15, {"resnet18_28": (1e5, 1e5)}, _expand(suite))
-    assert S.reapply(suite, B.tag_value(full, 15)) is suite
+    assert S.reapply(suite, S.tag_value(full, 15)) is suite
     with pytest.raises(ConfigError, match="unreadable bench_budget tag"):
         S.reapply(suite, "{not json")
 
@@ -169,7 +169,7 @@ def test_the_leaderboard_reads_the_cells_a_budget_run_ran(isolated, monkeypatch)
     assert last_parent_tags(suite.experiment, "quick") == {}  # no experiment yet
     client = MlflowClient(tracking_uri())  # the store bench reads (mlflow's global URI may be another test's)
     exp = client.create_experiment(suite.experiment)
-    value = B.tag_value(B.choose(suite, 15, {"resnet18_28": (61.0, 214.0)}, _expand(suite)), 15)
+    value = S.tag_value(B.choose(suite, 15, {"resnet18_28": (61.0, 214.0)}, _expand(suite)), 15)
     client.create_run(exp, start_time=1, tags={"bench_role": "suite", "bench_suite": "quick"})
     client.create_run(exp, start_time=2, tags={"bench_role": "suite", "bench_suite": "quick", S.TAG: value})
     client.create_run(exp, start_time=3, tags={"bench_role": "suite", "bench_suite": "other"})
