@@ -13,7 +13,7 @@ Three measured quantities, one division each:
    makes the bound below a *lower* bound.
 2. **The ceiling.** The best fp32 rate this process reaches on a large square ``torch.mm``
    (MKL sgemm, the densest kernel there is) at the run's thread count; and, for comparison,
-   oneDNN's rate on the model's own convolution shapes at batch 128 (channels-last, forward).
+   oneDNN's time for each of the model's own convolutions at batch 128, alone, in both layouts.
 3. **A real epoch** of ``bench.train.fit`` (CE, batch 128, the real training split; the last of
    ``--epochs``), on the path asked for.
 
@@ -94,11 +94,16 @@ def best_rate(fn, flops: float, repeats: int = 5) -> float:
     return flops / best
 
 
-def conv_times(model: nn.Module, x: torch.Tensor) -> list[tuple[str, int, int, float, float]]:
-    """Each convolution of the model at batch ``len(x)``, timed alone with oneDNN (channels-last).
+LAYOUTS = {"channels-last": torch.channels_last, "NCHW": torch.contiguous_format}
 
-    Returns (shape, forward MACs, training MACs, forward seconds, forward+backward seconds) per
-    convolution, in model order: the epoch's convolutions if nothing else took any time.
+
+def conv_times(model: nn.Module, x: torch.Tensor) -> list[dict]:
+    """Each convolution of the model at batch ``len(x)``, timed alone with oneDNN in each layout.
+
+    One dict per convolution, in model order: its shape, forward and training MACs, and per layout
+    the seconds of a forward pass and of forward+backward -- the epoch's convolutions if nothing
+    else took any time. Taking the faster layout per convolution (and per pass) is what a
+    hand-tuned mixed-layout model could at best do, conversions free.
     """
     seen: list[tuple] = []
 
@@ -111,21 +116,32 @@ def conv_times(model: nn.Module, x: torch.Tensor) -> list[tuple[str, int, int, f
         model(x)
     for h in hooks:
         h.remove()
-    cache: dict[tuple, tuple[float, float]] = {}
+    cache: dict[tuple, dict[str, tuple[float, float]]] = {}
     out = []
     for key in seen:
         (n, cin, h, w), cout, k, stride, pad, dgrad = key
         macs = n * cout * cin * valid_taps(h, k, stride, pad, 1) * valid_taps(w, k, stride, pad, 1)
         if key not in cache:
-            inp = torch.randn(n, cin, h, w).contiguous(memory_format=torch.channels_last).requires_grad_(dgrad)
-            wt = torch.randn(cout, cin, k, k).contiguous(memory_format=torch.channels_last).requires_grad_()
-            with torch.no_grad():
-                fwd = 1 / best_rate(lambda: F.conv2d(inp, wt, stride=stride, padding=pad), 1.0)
-            grad = torch.randn_like(F.conv2d(inp, wt, stride=stride, padding=pad))
-            both = 1 / best_rate(lambda: F.conv2d(inp, wt, stride=stride, padding=pad).backward(grad), 1.0)
-            cache[key] = (fwd, both)
-        out.append((f"{cin}->{cout} k{k} {h}x{w} s{stride}", macs, macs * (3 if dgrad else 2), *cache[key]))
+            cache[key] = {}
+            for layout, fmt in LAYOUTS.items():
+                inp = torch.randn(n, cin, h, w).contiguous(memory_format=fmt).requires_grad_(dgrad)
+                wt = torch.randn(cout, cin, k, k).contiguous(memory_format=fmt).requires_grad_()
+                with torch.no_grad():
+                    fwd = 1 / best_rate(lambda: F.conv2d(inp, wt, stride=stride, padding=pad), 1.0)
+                grad = torch.randn_like(F.conv2d(inp, wt, stride=stride, padding=pad))
+                both = 1 / best_rate(lambda: F.conv2d(inp, wt, stride=stride, padding=pad).backward(grad), 1.0)
+                cache[key][layout] = (fwd, both)
+        out.append({"name": f"{cin}->{cout} k{k} {h}x{w} s{stride}", "fwd_macs": macs,
+                    "train_macs": macs * (3 if dgrad else 2), "times": cache[key]})
     return out
+
+
+def epoch_seconds(convs: list[dict], n_train: int, n_val: int, batch: int, layout: str | None) -> float:
+    """The convolutions of one epoch at the timed rates: in ``layout``, or the faster one of each pass."""
+    def pick(c, i):
+        return c["times"][layout][i] if layout else min(t[i] for t in c["times"].values())
+
+    return (sum(pick(c, 1) for c in convs) * n_train + sum(pick(c, 0) for c in convs) * n_val) / batch
 
 
 def main() -> None:
@@ -160,7 +176,9 @@ def main() -> None:
     sgemm = max(best_rate(lambda: a @ b, 2 * 4096 ** 3), best_rate(lambda: a[:2048, :2048] @ b[:2048, :2048], 2 * 2048 ** 3))
     batch = 128  # the paper's batch: rates depend on it
     convs = conv_times(model, torch.zeros(batch, 1, 28, 28))
-    conv_epoch = (sum(c[4] for c in convs) * n_train + sum(c[3] for c in convs) * n_val) / batch
+    conv_cl = epoch_seconds(convs, n_train, n_val, batch, "channels-last")
+    conv_nchw = epoch_seconds(convs, n_train, n_val, batch, "NCHW")
+    conv_epoch = epoch_seconds(convs, n_train, n_val, batch, None)
 
     over = {"grid": {"dataset": [FLAG], "recipe": ["ce"], "aug": [False], "seed": [0], "protocol": ["official"]},
             "train": {"epochs": args.epochs, "precision": "fp32", "path": args.path}}
@@ -178,11 +196,14 @@ def main() -> None:
     print(f"epoch arithmetic: {n_train} training images {train_flops / 1e12:.3f} TFLOP + {n_val} validation "
           f"images {val_flops / 1e12:.3f} TFLOP = {epoch_flops / 1e12:.3f} TFLOP")
     print(f"ceiling: MKL sgemm {sgemm / g:.0f} GFLOP/s (the fastest dense fp32 kernel in this process)")
-    rates = {name: f"{2 * fwd_macs / f / g:.0f}/{2 * train_macs / b / g:.0f}" for name, fwd_macs, train_macs, f, b in convs}
-    print("oneDNN on each convolution shape alone (batch 128, channels-last), GFLOP/s forward/training step: "
-          + ", ".join(f"{name} {r}" for name, r in rates.items()))
-    print(f"the model's convolutions alone at those rates: {conv_epoch:.2f} s per epoch "
-          f"({epoch_flops / conv_epoch / g:.0f} GFLOP/s): the floor with today's kernels if nothing else took time")
+    for layout in LAYOUTS:
+        print(f"oneDNN, {layout}, each convolution shape alone at batch {batch}, GFLOP/s forward/training step: "
+              + ", ".join(dict.fromkeys(
+                  f"{c['name']} {2 * c['fwd_macs'] / c['times'][layout][0] / g:.0f}/"
+                  f"{2 * c['train_macs'] / c['times'][layout][1] / g:.0f}" for c in convs)))
+    print(f"the model's convolutions alone at those rates, per epoch: channels-last {conv_cl:.2f} s, NCHW "
+          f"{conv_nchw:.2f} s, the faster layout of each pass of each convolution (conversions free) "
+          f"{conv_epoch:.2f} s ({epoch_flops / conv_epoch / g:.0f} GFLOP/s): the floor with today's kernels")
     print(f"measured epoch ({args.path} path, fp32): {epoch:.2f} s = {epoch_flops / epoch / g:.0f} GFLOP/s "
           f"attained, {epoch_flops / epoch / sgemm:.0%} of the sgemm ceiling")
     floor = epoch_flops / sgemm
