@@ -4,10 +4,10 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
-from functools import lru_cache
 
 import torch
 
+from bench.hardware import cpu_info
 from bench.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -21,18 +21,13 @@ def select_device() -> torch.device:
 _ISAS_WITHOUT_BF16 = {"SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI"}
 
 
-@lru_cache(maxsize=None)
 def cpu_has_bf16() -> bool:
     """AVX-512 BF16 or AMX: bf16 matmuls are native, so autocast pays off (~1.8x here)."""
     # oneDNN capped below AVX-512 (ONEDNN_MAX_CPU_ISA=AVX2, say, to reproduce a Zen 3 here) has
     # no native bf16 kernels whatever the CPU: bf16 would then be emulated, ~40x slower (measured)
     if os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper() in _ISAS_WITHOUT_BF16:
         return False
-    try:
-        flags = open("/proc/cpuinfo").read()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+    return bool({"avx512_bf16", "amx_bf16"} & cpu_info().flags)
 
 
 def use_bf16(precision: str, device: torch.device, dims: int = 2) -> bool:

@@ -58,12 +58,13 @@ def _artifact_row() -> list[str]:
 
 def _hardware_row() -> list[str]:
     from bench.device import cpu_has_bf16, resolve_path, select_device
+    from bench.hardware import cpu_description
 
     dev = select_device()
     if dev.type == "cuda":
         what = f"CUDA {torch.cuda.get_device_name(0)}"
     else:
-        what = f"CPU, {torch.get_num_threads()} threads, AVX-512 BF16: {'yes' if cpu_has_bf16() else 'no'}"
+        what = f"CPU {cpu_description()}, {torch.get_num_threads()} threads, bf16: {'yes' if cpu_has_bf16() else 'no'}"
     path = f"2D {resolve_path('auto', 'fast', dev, 2).label}; 3D {resolve_path('auto', 'fast', dev, 3).label}"
     return ["hardware", "ok", f"{what} -> {path} (torch {torch.__version__})"]
 

@@ -44,6 +44,7 @@ from bench.catalog import CHECKPOINT  # noqa: E402
 from bench.claims import Claim, make_claims, redact  # noqa: E402
 from bench.environ import temporary_environ, tracking_uri  # noqa: E402
 from bench.errors import TrackingError  # noqa: E402
+from bench.hardware import cpu_description  # noqa: E402
 from bench.provenance import code_digest, run_tags  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -86,7 +87,7 @@ class Tracker:
         self.reuse_names = tuple(reuse)
         self.reuse_ids = [e.experiment_id for e in map(self.client.get_experiment_by_name, reuse) if e is not None]
         self.claims = make_claims(self.uri, claims_uri)
-        self.context_tags = {"bench_executor": executor, "bench_host": socket.gethostname()}
+        self.context_tags = {"bench_executor": executor, "bench_host": socket.gethostname(), "bench_cpu": cpu_description()}
 
     def _experiment(self, name: str, description: str = "") -> str:
         """Open (or create) the experiment with the tags that make the UI show it as model

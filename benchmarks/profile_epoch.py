@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import time
 
 import torch
@@ -25,30 +24,10 @@ FLAG = "breastmnist"
 
 
 def cpu_line() -> str:
-    """CPU model, physical cores, the ISA flags that pick kernels, and any cap on them: printed with every figure.
+    """CPU model, physical cores, ISA flags and any cap on them (bench.device): printed with every figure."""
+    from bench.hardware import cpu_description
 
-    The core count matters as much as the flags: a cloud "2 vCPU" machine is often one core's two
-    SMT threads, which share one core's FMA units and so have half the arithmetic of two cores.
-    """
-    model, flags, cores, physical = platform.processor() or "?", set(), set(), "0"
-    try:
-        for line in open("/proc/cpuinfo"):
-            key, _, value = (part.strip() for part in line.partition(":"))
-            if key == "model name":
-                model = value
-            elif key == "flags":
-                flags = set(value.split())
-            elif key == "physical id":
-                physical = value
-            elif key == "core id":
-                cores.add((physical, value))
-    except OSError:
-        pass
-    have = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
-    cap = os.environ.get("ONEDNN_MAX_CPU_ISA")
-    capped = f"; emulated: oneDNN capped at {cap}, ATen at {os.environ.get('ATEN_CPU_CAPABILITY', '-')}" if cap else ""
-    n_cores = f"{len(cores)} physical cores" if cores else "physical cores unknown"
-    return f"{model}, {os.cpu_count()} CPUs ({n_cores}), flags {' '.join(have) or 'none of avx2/avx512'}{capped}"
+    return cpu_description()
 
 
 def main() -> None:

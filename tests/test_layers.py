@@ -21,7 +21,7 @@ LAYERS: dict[str, int] = {
     # 0: names, errors, declarations -- torch-free
     "bench": 0, "bench.__main__": 9, "bench.errors": 0, "bench.registry": 0, "bench.environ": 0,
     "bench.catalog": 0, "bench.datasets": 0, "bench.suitefile": 0, "bench.analysis": 0,
-    "bench.datafiles": 0, "bench.provenance": 0, "bench.schema": 0,
+    "bench.datafiles": 0, "bench.provenance": 0, "bench.schema": 0, "bench.hardware": 0,
     # 1: data-level: tensors from files, devices, corruptions of uint8 images
     "bench.data": 1, "bench.device": 1, "bench.corrupt": 1, "bench.corrupt.corruptions": 1,
     "bench.corrupt.medmnistc_compat": 1, "bench.corrupt.torchio3d": 1, "bench.corrupt.seeds": 1,

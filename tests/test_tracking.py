@@ -43,6 +43,7 @@ def test_runs_carry_their_claim_key_and_stale_ones_are_marked(tmp_path):
     run = tracker.start_cell(cell, "smoke", None, claim)
     tags = tracker.client.get_run(run.run_id).data.tags
     assert tags["bench_lock"] == cell.cell_id and tags["bench_executor"] == "local" and tags["bench_host"]
+    assert "physical cores" in tags["bench_cpu"] and "CPUs" in tags["bench_cpu"]
     import torch
 
     assert tags["bench_torch_threads"] == str(torch.get_num_threads())  # numbers depend on it (CPU reductions)

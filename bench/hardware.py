@@ -1,0 +1,62 @@
+"""What CPU this process runs on, read once from /proc/cpuinfo (no torch: tracking tags runs with it).
+
+bench.device decides precision from these facts; every run records ``cpu_description()`` as its
+``bench_cpu`` tag and every benchmark prints it, because a timing means little without the CPU.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+
+
+@dataclass(frozen=True)
+class CpuInfo:
+    model: str
+    cpus: int
+    cores: int | None  # physical cores; None where /proc/cpuinfo does not say
+    flags: frozenset[str]
+
+
+def parse_cpuinfo(text: str, cpus: int) -> CpuInfo:
+    """A /proc/cpuinfo text as a CpuInfo: physical cores are the distinct (physical id, core id)
+    pairs, so two SMT threads of one core count once."""
+    model, flags, cores, physical = "?", frozenset(), set(), "0"
+    for line in text.splitlines():
+        key, _, value = (part.strip() for part in line.partition(":"))
+        if key == "model name":
+            model = value
+        elif key == "flags":
+            flags = frozenset(value.split())
+        elif key == "physical id":
+            physical = value
+        elif key == "core id":
+            cores.add((physical, value))
+    return CpuInfo(model, cpus, len(cores) or None, flags)
+
+
+@lru_cache(maxsize=None)
+def cpu_info() -> CpuInfo:
+    """This machine's CPU (model "?", no flags and unknown cores where /proc/cpuinfo is missing)."""
+    try:
+        text = open("/proc/cpuinfo").read()
+    except OSError:
+        text = ""
+    return parse_cpuinfo(text, os.cpu_count() or 1)
+
+
+def cpu_description() -> str:
+    """One line for every timing and every run (tag ``bench_cpu``): model, CPUs, physical cores,
+    the ISA flags that pick kernels, and any cap on them.
+
+    The core count matters as much as the flags: a cloud "2 vCPU" machine is often one core's two
+    SMT threads, which share one core's FMA units and so have half the arithmetic of two cores.
+    """
+    return describe(cpu_info(), os.environ.get("ONEDNN_MAX_CPU_ISA"), os.environ.get("ATEN_CPU_CAPABILITY"))
+
+
+def describe(info: CpuInfo, onednn_cap: str | None = None, aten_cap: str | None = None) -> str:
+    have = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in info.flags]
+    cores = f"{info.cores} physical cores" if info.cores else "physical cores unknown"
+    capped = f"; emulated: oneDNN capped at {onednn_cap}, ATen at {aten_cap or '-'}" if onednn_cap else ""
+    return f"{info.model}, {info.cpus} CPUs ({cores}), flags {' '.join(have) or 'none of avx2/avx512'}{capped}"
