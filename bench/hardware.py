@@ -10,6 +10,10 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 
+# The ISA features oneDNN and ATen pick their kernels by: they decide speed, bf16, and float rounding.
+KERNEL_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
+
+
 @dataclass(frozen=True)
 class CpuInfo:
     model: str
@@ -56,7 +60,7 @@ def cpu_description() -> str:
 
 
 def describe(info: CpuInfo, onednn_cap: str | None = None, aten_cap: str | None = None) -> str:
-    have = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in info.flags]
+    have = [f for f in KERNEL_FLAGS if f in info.flags]
     cores = f"{info.cores} physical cores" if info.cores else "physical cores unknown"
     capped = f"; emulated: oneDNN capped at {onednn_cap}, ATen at {aten_cap or '-'}" if onednn_cap else ""
     return f"{info.model}, {info.cpus} CPUs ({cores}), flags {' '.join(have) or 'none of avx2/avx512'}{capped}"

@@ -151,7 +151,10 @@ def tiny_specs() -> dict:
 
 
 def cpu_flags() -> dict:
-    """The ISA features that change float rounding (oneDNN picks its kernels by them)."""
+    """The ISA features that change float rounding (oneDNN picks its kernels by them).
+
+    Read here rather than from bench.hardware: this script runs on older trees that lack it.
+    """
     try:
         words = set(open("/proc/cpuinfo").read().split())
     except OSError:
