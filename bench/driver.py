@@ -30,6 +30,7 @@ from bench.config import Cell, Suite, load_suite
 from bench.errors import ConfigError, TrackingError
 from bench.executors import Executor
 from bench.executors.estimate import estimate_seconds
+from bench.hardware import usable_cpus
 from bench.registry import did_you_mean
 
 log = logging.getLogger(__name__)
@@ -366,7 +367,7 @@ def _workers(n, gpus, cpus):
     n = 1 if n is None else n
     if n < 1:
         raise ConfigError("--workers must be >= 1")
-    return Workers(n, float(cpus or os.cpu_count() or 1), int(gpus or 0))
+    return Workers(n, float(cpus or usable_cpus()), int(gpus or 0))
 
 
 # --------------------------------------------------------------------------- search: {sampler: tpe}

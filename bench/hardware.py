@@ -39,6 +39,19 @@ def parse_cpuinfo(text: str, cpus: int) -> CpuInfo:
     return CpuInfo(model, cpus, len(cores) or None, flags)
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may run on: its affinity mask, not the machine's count.
+
+    A Slurm allocation, ``taskset`` or a container cpuset restricts the mask while
+    ``os.cpu_count()`` still says every CPU of the node; scheduling cells (``--jobs``, a local
+    Ray) by the latter would start more threads than there are CPUs to run them.
+    """
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):  # no affinity API (macOS)
+        return os.cpu_count() or 1
+
+
 @lru_cache(maxsize=None)
 def cpu_info() -> CpuInfo:
     """This machine's CPU (model "?", no flags and unknown cores where /proc/cpuinfo is missing)."""
@@ -56,11 +69,15 @@ def cpu_description() -> str:
     The core count matters as much as the flags: a cloud "2 vCPU" machine is often one core's two
     SMT threads, which share one core's FMA units and so have half the arithmetic of two cores.
     """
-    return describe(cpu_info(), os.environ.get("ONEDNN_MAX_CPU_ISA"), os.environ.get("ATEN_CPU_CAPABILITY"))
+    return describe(cpu_info(), os.environ.get("ONEDNN_MAX_CPU_ISA"), os.environ.get("ATEN_CPU_CAPABILITY"),
+                    usable_cpus())
 
 
-def describe(info: CpuInfo, onednn_cap: str | None = None, aten_cap: str | None = None) -> str:
+def describe(info: CpuInfo, onednn_cap: str | None = None, aten_cap: str | None = None,
+             usable: int | None = None) -> str:
     have = [f for f in KERNEL_FLAGS if f in info.flags]
     cores = f"{info.cores} physical cores" if info.cores else "physical cores unknown"
+    if usable is not None and usable != info.cpus:
+        cores += f", {usable} usable by this process"
     capped = f"; emulated: oneDNN capped at {onednn_cap}, ATen at {aten_cap or '-'}" if onednn_cap else ""
     return f"{info.model}, {info.cpus} CPUs ({cores}), flags {' '.join(have) or 'none of avx2/avx512'}{capped}"

@@ -32,3 +32,38 @@ def test_a_machine_without_cpuinfo_still_gets_a_line():
 
 def test_this_machine_has_a_line():
     assert " CPUs (" in cpu_description()
+
+
+def _under_one_cpu(code: str) -> str:
+    """Run ``code`` in a fresh interpreter whose affinity mask is CPU 0 only (as under taskset or Slurm)."""
+    import subprocess
+    import sys
+
+    pre = "import os\nos.sched_setaffinity(0, {0})\n"
+    return subprocess.run([sys.executable, "-c", pre + code], capture_output=True, text=True, check=True).stdout.strip()
+
+
+def test_usable_cpus_follow_the_affinity_mask_not_the_machine():
+    import os
+
+    import pytest
+
+    if not hasattr(os, "sched_setaffinity") or (os.cpu_count() or 1) < 2:
+        pytest.skip("needs an affinity API and 2 CPUs")
+    out = _under_one_cpu("from bench.hardware import usable_cpus, cpu_description\nprint(usable_cpus())\n"
+                         "print(cpu_description())")
+    usable, line = out.splitlines()
+    assert usable == "1"
+    assert f"{os.cpu_count()} CPUs (" in line and "1 usable by this process" in line
+
+
+def test_jobs_and_the_local_cluster_schedule_on_the_usable_cpus():
+    import os
+
+    import pytest
+
+    if not hasattr(os, "sched_setaffinity") or (os.cpu_count() or 1) < 2:
+        pytest.skip("needs an affinity API and 2 CPUs")
+    out = _under_one_cpu("from bench.executors import get_executor, local_cluster\n"
+                         "print(get_executor('local', jobs=2).cluster().cpus, local_cluster().cpus)")
+    assert out == "1.0 1.0"

@@ -27,10 +27,10 @@ a did-you-mean for typos).
 from __future__ import annotations
 
 import abc
-import os
 from dataclasses import dataclass
 from typing import Iterator
 
+from bench.hardware import usable_cpus
 from bench.registry import Registry
 
 EXECUTORS: Registry = Registry("executor")
@@ -104,5 +104,5 @@ def get_executor(name: str, **options) -> Executor:
 
 
 def local_cluster() -> Cluster:
-    n = float(os.cpu_count() or 1)
+    n = float(usable_cpus())
     return Cluster(cpus=n, max_node_cpus=n)

@@ -22,10 +22,10 @@ from __future__ import annotations
 import concurrent.futures as cf
 import logging
 import multiprocessing
-import os
 from typing import Iterator
 
 from bench.errors import ConfigError
+from bench.hardware import usable_cpus
 from bench.executors import Cluster, Executor
 from bench.executors.graph import Plan, Schedule
 from bench.runner import CellResult
@@ -93,7 +93,7 @@ class PoolExecutor(Executor):
         self._cluster: Cluster | None = None
 
     def connect(self) -> None:
-        n = float(os.cpu_count() or 1)
+        n = float(usable_cpus())
         g = float(visible_gpus())
         self._cluster = Cluster(cpus=n, gpus=g, max_node_cpus=n, max_node_gpus=g, address=f"this machine, --jobs {self.jobs}")
 

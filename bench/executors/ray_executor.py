@@ -31,6 +31,7 @@ from typing import Iterator
 from urllib.parse import urlsplit
 
 from bench.environ import temporary_environ
+from bench.hardware import usable_cpus
 from bench.errors import ConfigError, TrackingError
 from bench.executors import Cluster, Executor
 from bench.executors.graph import Plan, Schedule
@@ -180,7 +181,7 @@ class RayExecutor(Executor):
         self._tmp = Path(tempfile.mkdtemp(prefix="bench-ray-", dir="/tmp"))  # short: Ray's socket paths are limited
         # the processes started now inherit HOME (the local-provider bootstrap config) and RAY_TMPDIR
         with temporary_environ({"HOME": str(local_home(self._tmp / "home")), "RAY_TMPDIR": str(self._tmp)}):
-            ray.init(num_cpus=self.num_cpus or os.cpu_count(), include_dashboard=False, _node_ip_address="127.0.0.1",
+            ray.init(num_cpus=self.num_cpus or usable_cpus(), include_dashboard=False, _node_ip_address="127.0.0.1",
                      _temp_dir=str(self._tmp / "ray"), logging_level=logging.WARNING, log_to_driver=True,
                      namespace="medauc-bench")
 
