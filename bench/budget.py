@@ -94,6 +94,7 @@ class BudgetChoice:
     epochs: dict  # "train"/"finetune" -> top-level epochs chosen
     message: str
     doc: dict  # the suite document to run
+    speeds: dict  # model -> (train, eval) per second measured here: the local executor's first ETA
 
 
 def _candidates(doc: dict, fl: Floors):
@@ -143,7 +144,7 @@ def choose(suite, minutes: float, speeds: dict, expand_cells) -> BudgetChoice:
         kept = "" if seeds == seeds_of(suite.doc) else f", seeds {seeds} of {seeds_of(suite.doc)}"
         msg = (f"budget {minutes:g} min: measured {rates}; {suite.name} as declared needs ~{declared / 60:.0f} min, "
                f"so it runs {what} epochs (x{scale:g}){kept}, ~{secs / 60:.0f} min{over}")
-    return BudgetChoice(scale, seeds, declared, secs, epochs, msg, doc)
+    return BudgetChoice(scale, seeds, declared, secs, epochs, msg, doc, speeds)
 
 
 def fit_budget(suite, minutes: float, fingerprint, seconds_per_probe: float = 3.0):

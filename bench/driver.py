@@ -221,9 +221,10 @@ def plan_report(plan, tracker, suite: Suite, keep: set[str], workers, max_concur
     return text
 
 
-def make_executor(executor, address, max_concurrent, dry: bool, jobs: int | None = None):
+def make_executor(executor, address, max_concurrent, dry: bool, jobs: int | None = None, speeds: dict | None = None):
     """An executor from its name and options (None for a dry run, which only checks the name);
-    an :class:`~bench.executors.Executor` instance is used as it is."""
+    an :class:`~bench.executors.Executor` instance is used as it is. ``speeds`` (measured by
+    bench.budget) feed the sequential local executor's ETA."""
     from bench.executors import EXECUTORS, Executor
 
     if isinstance(executor, Executor):
@@ -238,6 +239,8 @@ def make_executor(executor, address, max_concurrent, dry: bool, jobs: int | None
         if jobs < 1:
             raise ConfigError("--jobs must be >= 1")
         options["jobs"] = jobs
+    if executor == "local" and (jobs or 1) == 1 and speeds:
+        options["speeds"] = speeds
     return None if dry else factory(**options)
 
 
@@ -266,6 +269,7 @@ class RunOptions:
     pilot: str | None = None  # dry run: the suite whose runs give the power line's SD
     budget_minutes: float | None = None  # scale the suite's epochs to fit this many minutes here (bench.budget)
     budget_tag: str | None = None  # set by run_suite after bench.budget chose: recorded on the parent run
+    budget_speeds: dict | None = None  # set with it: what bench.budget measured here (for the ETA)
 
 
 def run_suite(name: str, options: RunOptions | None = None, **fields):
@@ -292,7 +296,7 @@ def _run(name: str, o: RunOptions, keep=None):
         from bench.scaling import tag_value
 
         suite, choice = fit_budget(suite, o.budget_minutes, data_fingerprint(data_root))
-        o = dataclasses.replace(o, budget_tag=tag_value(choice, o.budget_minutes))
+        o = dataclasses.replace(o, budget_tag=tag_value(choice, o.budget_minutes), budget_speeds=choice.speeds)
     filters = parse_only(tuple(o.only))
     all_cells = suite.cells(data_fingerprint(data_root))
     cells = select(all_cells, filters)
@@ -305,7 +309,7 @@ def _run(name: str, o: RunOptions, keep=None):
     policy = parse_resources(suite.doc.get("resources"), suite.path)
     keep = checkpoint_policy(o.checkpoints or suite.doc.get("checkpoints"),
                              "--checkpoints" if o.checkpoints else f"{suite.path}: checkpoints")
-    ex = make_executor(o.executor, o.address, o.max_concurrent, dry, o.jobs)
+    ex = make_executor(o.executor, o.address, o.max_concurrent, dry, o.jobs, o.budget_speeds)
     tracker = Tracker(o.experiment or suite.experiment, reuse=suite.reuse, executor=ex.name if ex else o.executor,
                       description=experiment_description(suite), system_metrics=o.system_metrics)
     tracker.mark_stale()

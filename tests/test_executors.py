@@ -256,3 +256,32 @@ def test_dry_run_default_worker_cpus_hold_the_largest_request(suites, synth_dir,
     assert res.exit_code == 0, res.output
     assert "planning 4 CPUs per worker (the largest cell request; this machine has 2)" in res.output
     assert "plan for 2 worker(s) x (4 CPU, 1 GPU)" in res.output and "estimated makespan" in res.output
+
+
+# ---------------------------------------------------------------------------- the local executor's ETA
+def test_the_eta_scales_what_is_left_by_how_slow_the_finished_cells_ran():
+    from bench.executors.estimate import Eta, estimate_seconds
+
+    cells = [c for c in load_suite("quick").cells() if c.seed == 0]
+    ce = next(c for c in cells if not c.init_from)  # 30 epochs; the fine-tunes 10 each
+    fts = [c for c in cells if c.init_from]
+    eta = Eta([ce, *fts])
+    assert eta.start(ce.cell_id) == pytest.approx(sum(map(estimate_seconds, [ce, *fts])))
+    eta.finished(ce.cell_id, 3 * estimate_seconds(ce))  # this machine runs 3x slower than the estimates
+    left = eta.start(fts[0].cell_id)
+    assert left == pytest.approx(3 * sum(map(estimate_seconds, fts)))
+    # counting cells (elapsed per finished cell x cells left) would promise far more: CE is the long one
+    assert left < 0.6 * 3 * estimate_seconds(ce) * len(fts)
+    eta.finished(fts[0].cell_id, 3 * estimate_seconds(fts[0]))
+    assert eta.start(fts[1].cell_id) == pytest.approx(3 * sum(map(estimate_seconds, fts[1:])))
+
+
+def test_the_first_eta_uses_the_speeds_the_budget_measured_here():
+    from bench.driver import make_executor
+    from bench.executors.estimate import Eta
+
+    cells = [c for c in load_suite("quick").cells() if c.seed == 0]
+    slow = {"resnet18_28": (35.0, 128.0)}  # what bench.budget measured on one AVX2 core
+    assert Eta(cells, slow).start(cells[0].cell_id) > 3 * Eta(cells).start(cells[0].cell_id)
+    assert make_executor("local", None, None, False, None, slow).speeds == slow
+    assert type(make_executor("local", None, None, False, 2, slow)).__name__ == "PoolExecutor"

@@ -46,3 +46,37 @@ def estimate_parts(cell: Cell, speeds: dict | None = None) -> tuple[float, float
 def estimate_seconds(cell: Cell, speeds: dict | None = None) -> float:
     train, rest = estimate_parts(cell, speeds)
     return train + rest
+
+
+class Eta:
+    """Time left in a plan that runs one cell after another, for the driver's ETA lines.
+
+    The estimates above are for the reference machine (or for ``speeds`` measured here by
+    bench.budget); on another machine they are off by a common factor -- fp32 on an AVX2 CPU is
+    several times slower than bf16 -- while their proportions (a 30-epoch CE cell against a
+    4-epoch fine-tune) hold. So once a cell has finished, the estimates of the cells left are
+    scaled by (seconds the finished cells took) / (their estimates). Counting cells instead, as
+    this once did, promised 84 minutes after a long first cell of a 15-minute suite.
+    """
+
+    def __init__(self, cells, speeds: dict | None = None):
+        self.estimate = {c.cell_id: estimate_seconds(c, speeds) for c in cells}
+        self.started: set[str] = set()
+        self.spent = self.spent_estimated = 0.0
+
+    def start(self, cell_id: str) -> float:
+        """Seconds left, ``cell_id`` and every cell not started yet included; marks it started."""
+        left = sum(v for k, v in self.estimate.items() if k not in self.started)
+        self.started.add(cell_id)
+        return left * self.factor
+
+    @property
+    def factor(self) -> float:
+        """How much slower (>1) or faster this machine runs than the estimates, from finished cells."""
+        return self.spent / self.spent_estimated if self.spent_estimated > 0 and self.spent > 0 else 1.0
+
+    def finished(self, cell_id: str, seconds: float) -> None:
+        """A cell that ran to the end (skipped, claimed or failed cells say nothing about speed)."""
+        self.spent += seconds
+        self.spent_estimated += self.estimate.get(cell_id, 0.0)
+
