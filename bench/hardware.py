@@ -25,18 +25,11 @@ class CpuInfo:
 def parse_cpuinfo(text: str, cpus: int) -> CpuInfo:
     """A /proc/cpuinfo text as a CpuInfo: physical cores are the distinct (physical id, core id)
     pairs, so two SMT threads of one core count once."""
-    model, flags, cores, physical = "?", frozenset(), set(), "0"
-    for line in text.splitlines():
-        key, _, value = (part.strip() for part in line.partition(":"))
-        if key == "model name":
-            model = value
-        elif key == "flags":
-            flags = frozenset(value.split())
-        elif key == "physical id":
-            physical = value
-        elif key == "core id":
-            cores.add((physical, value))
-    return CpuInfo(model, cpus, len(cores) or None, flags)
+    blocks = [dict((k.strip(), v.strip()) for k, _, v in (line.partition(":") for line in block.splitlines()))
+              for block in text.split("\n\n") if block.strip()]  # one block per logical CPU
+    first = blocks[0] if blocks else {}
+    cores = {(b.get("physical id", "0"), b["core id"]) for b in blocks if "core id" in b}
+    return CpuInfo(first.get("model name", "?"), cpus, len(cores) or None, frozenset(first.get("flags", "").split()))
 
 
 def usable_cpus() -> int:
