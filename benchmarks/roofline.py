@@ -35,6 +35,7 @@ import argparse
 import os
 import sys
 import time
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -54,24 +55,33 @@ def valid_taps(size: int, kernel: int, stride: int, pad: int, dilation: int) -> 
     return total
 
 
-def count_macs(model: nn.Module, x: torch.Tensor) -> tuple[int, int, int]:
-    """(forward MACs, input-gradient MACs, weight-gradient MACs) of one batch ``x``.
+class Layer(NamedTuple):
+    """A Conv2d or Linear as one forward pass of ``x`` met it (conv fields are None for a Linear)."""
 
-    The input gradient of a layer costs what its forward costs, except for the layers that see
-    the images (no gradient is needed there); the weight gradient costs what its forward costs.
-    """
-    rows: list[tuple[int, bool]] = []  # (forward MACs, needs an input gradient)
+    macs: int  # forward multiply-adds, padding taps left out
+    dgrad: bool  # needs an input gradient (False for the layers that see the images)
+    shape: tuple | None = None  # conv input (n, c, h, w)
+    cout: int | None = None
+    kernel: int | None = None
+    stride: int | None = None
+    pad: int | None = None
+
+
+def layers(model: nn.Module, x: torch.Tensor) -> list[Layer]:
+    """Every Conv2d and Linear of ``model``, in forward order, from one hooked pass of ``x``."""
+    found: list[Layer] = []
 
     def conv_hook(mod: nn.Conv2d, inp, _out):
         t = inp[0]
         n, cin, h, w = t.shape
         taps = (valid_taps(h, mod.kernel_size[0], mod.stride[0], mod.padding[0], mod.dilation[0])
                 * valid_taps(w, mod.kernel_size[1], mod.stride[1], mod.padding[1], mod.dilation[1]))
-        rows.append((n * mod.out_channels * (cin // mod.groups) * taps, t is not x))
+        found.append(Layer(n * mod.out_channels * (cin // mod.groups) * taps, t is not x, tuple(t.shape),
+                           mod.out_channels, mod.kernel_size[0], mod.stride[0], mod.padding[0]))
 
     def linear_hook(mod: nn.Linear, inp, _out):
         t = inp[0]
-        rows.append((t.numel() // t.shape[-1] * mod.in_features * mod.out_features, True))
+        found.append(Layer(t.numel() // t.shape[-1] * mod.in_features * mod.out_features, True))
 
     hooks = [m.register_forward_hook(conv_hook) for m in model.modules() if isinstance(m, nn.Conv2d)]
     hooks += [m.register_forward_hook(linear_hook) for m in model.modules() if isinstance(m, nn.Linear)]
@@ -79,19 +89,29 @@ def count_macs(model: nn.Module, x: torch.Tensor) -> tuple[int, int, int]:
         model(x)
     for h in hooks:
         h.remove()
-    fwd = sum(m for m, _ in rows)
-    return fwd, sum(m for m, g in rows if g), fwd
+    return found
 
 
-def best_rate(fn, flops: float, repeats: int = 5) -> float:
-    """Best of ``repeats`` timed calls after two warm-ups, in FLOP/s."""
+def count_macs(model: nn.Module, x: torch.Tensor) -> tuple[int, int, int]:
+    """(forward MACs, input-gradient MACs, weight-gradient MACs) of one batch ``x``.
+
+    The input gradient of a layer costs what its forward costs, except for the layers that see
+    the images (no gradient is needed there); the weight gradient costs what its forward costs.
+    """
+    found = layers(model, x)
+    fwd = sum(la.macs for la in found)
+    return fwd, sum(la.macs for la in found if la.dgrad), fwd
+
+
+def best_seconds(fn, repeats: int = 5) -> float:
+    """Best of ``repeats`` timed calls after two warm-ups."""
     fn(), fn()
     best = float("inf")
     for _ in range(repeats):
         t0 = time.perf_counter()
         fn()
         best = min(best, time.perf_counter() - t0)
-    return flops / best
+    return best
 
 
 LAYOUTS = {"channels-last": torch.channels_last, "NCHW": torch.contiguous_format}
@@ -105,34 +125,22 @@ def conv_times(model: nn.Module, x: torch.Tensor) -> list[dict]:
     else took any time. Taking the faster layout per convolution (and per pass) is what a
     hand-tuned mixed-layout model could at best do, conversions free.
     """
-    seen: list[tuple] = []
-
-    def hook(mod: nn.Conv2d, inp, _out):
-        seen.append((tuple(inp[0].shape), mod.out_channels, mod.kernel_size[0], mod.stride[0], mod.padding[0],
-                     inp[0] is not x))
-
-    hooks = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, nn.Conv2d)]
-    with torch.no_grad():
-        model(x)
-    for h in hooks:
-        h.remove()
-    cache: dict[tuple, dict[str, tuple[float, float]]] = {}
+    cache: dict[Layer, dict[str, tuple[float, float]]] = {}  # equal shapes are timed once
     out = []
-    for key in seen:
-        (n, cin, h, w), cout, k, stride, pad, dgrad = key
-        macs = n * cout * cin * valid_taps(h, k, stride, pad, 1) * valid_taps(w, k, stride, pad, 1)
-        if key not in cache:
-            cache[key] = {}
+    for la in (la for la in layers(model, x) if la.shape is not None):
+        (n, cin, h, w), cout, k, stride, pad, dgrad = la.shape, la.cout, la.kernel, la.stride, la.pad, la.dgrad
+        if la not in cache:
+            cache[la] = {}
             for layout, fmt in LAYOUTS.items():
                 inp = torch.randn(n, cin, h, w).contiguous(memory_format=fmt).requires_grad_(dgrad)
                 wt = torch.randn(cout, cin, k, k).contiguous(memory_format=fmt).requires_grad_()
                 with torch.no_grad():
-                    fwd = 1 / best_rate(lambda: F.conv2d(inp, wt, stride=stride, padding=pad), 1.0)
+                    fwd = best_seconds(lambda: F.conv2d(inp, wt, stride=stride, padding=pad))
                 grad = torch.randn_like(F.conv2d(inp, wt, stride=stride, padding=pad))
-                both = 1 / best_rate(lambda: F.conv2d(inp, wt, stride=stride, padding=pad).backward(grad), 1.0)
-                cache[key][layout] = (fwd, both)
-        out.append({"name": f"{cin}->{cout} k{k} {h}x{w} s{stride}", "fwd_macs": macs,
-                    "train_macs": macs * (3 if dgrad else 2), "times": cache[key]})
+                both = best_seconds(lambda: F.conv2d(inp, wt, stride=stride, padding=pad).backward(grad))
+                cache[la][layout] = (fwd, both)
+        out.append({"name": f"{cin}->{cout} k{k} {h}x{w} s{stride}", "fwd_macs": la.macs,
+                    "train_macs": la.macs * (3 if dgrad else 2), "times": cache[la]})
     return out
 
 
@@ -173,7 +181,8 @@ def main() -> None:
 
     a = torch.randn(4096, 4096)
     b = torch.randn(4096, 4096)
-    sgemm = max(best_rate(lambda: a @ b, 2 * 4096 ** 3), best_rate(lambda: a[:2048, :2048] @ b[:2048, :2048], 2 * 2048 ** 3))
+    sgemm = max(2 * 4096 ** 3 / best_seconds(lambda: a @ b),
+                2 * 2048 ** 3 / best_seconds(lambda: a[:2048, :2048] @ b[:2048, :2048]))
     batch = 128  # the paper's batch: rates depend on it
     convs = conv_times(model, torch.zeros(batch, 1, 28, 28))
     conv_cl = epoch_seconds(convs, n_train, n_val, batch, "channels-last")

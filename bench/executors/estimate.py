@@ -79,4 +79,3 @@ class Eta:
         """A cell that ran to the end (skipped, claimed or failed cells say nothing about speed)."""
         self.spent += seconds
         self.spent_estimated += self.estimate.get(cell_id, 0.0)
-
