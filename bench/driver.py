@@ -314,6 +314,12 @@ def _run(name: str, o: RunOptions, keep=None):
                       description=experiment_description(suite), system_metrics=o.system_metrics)
     tracker.mark_stale()
     finished = tracker.finished_cells()
+    other = tracker.other_code_cells({c.cell_id for c in cells})
+    other_note = (f"{other} of the selected cells have FINISHED runs of other code only (another bench_code_digest): "
+                  "not reused, they run again; `bench leaderboard` still reads those runs (the newest of any code)"
+                  if other else "")
+    if other and not dry:
+        log.warning(other_note)
     if dry:
         plan_for = _workers(o.workers, o.gpus_per_worker, o.cpus_per_worker)
         plan = build_plan(suite, cells, finished, rerun=rerun, policy=policy,
@@ -323,7 +329,7 @@ def _run(name: str, o: RunOptions, keep=None):
             from bench.executors.simulate import hold_largest_request
 
             plan_for, note = hold_largest_request(plan, plan_for)
-        return (dry_run(suite, cells, finished) + "\n" + note
+        return (dry_run(suite, cells, finished) + "\n" + (other_note + "\n" if other else "") + note
                 + plan_report(plan, tracker, suite, needed_sources(suite, all_cells), plan_for, o.max_concurrent)
                 + power_report(suite, all_cells, o.pilot))
     if suite.doc.get("shift"):  # score each selected model on corrupted test sets after its clean test

@@ -4,10 +4,11 @@ A suite whose ``analysis:`` names controls gets a "Findings" section, computed p
 comparable arms (dataset, size, model, aug): each arm with its gated share and its paper verdict
 from the 95% CI; every DAM recipe against every control, gated and ungated, with bootstrap CIs
 and the effective n; the decomposition into sampler, optimizer and loss effects; the primary
-endpoint with both CIs and the power stated before the runs; and whether each fine-tune was
-paired with the very run it started from. There is no "top recipe" pick: with the gate, a
-fine-tune's validation AUC is never below its source's, so such a pick is biased toward fine-tunes. ``leaderboard/<suite>-findings.md`` holds the same text, and
-``bench leaderboard --readme`` copies it into README.md between generated markers.
+endpoint with both CIs and the power stated before the runs, and its declared secondaries pooled
+the same way; and whether each fine-tune was paired with the very run it started from. There is
+no "top recipe" pick: with the gate, a fine-tune's validation AUC is never below its source's, so
+such a pick is biased toward fine-tunes. ``leaderboard/<suite>-findings.md`` holds the same text,
+and ``bench leaderboard --readme`` copies it into README.md between generated markers.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from bench import catalog
 from bench.analysis import DAM, Analysis
 from bench.catalog import paper_row
 from leaderboard.aggregate import (
@@ -27,6 +29,7 @@ from leaderboard.aggregate import (
     paired_row,
     units,
 )
+from leaderboard.endpoint import arms as endpoint_arms
 from leaderboard.endpoint import describe, endpoint_metric, primary_pairs
 from leaderboard.format import fmt, fmt_p, table
 
@@ -166,6 +169,9 @@ def findings(suite: str, runs: pd.DataFrame, agg: pd.DataFrame, a: Analysis, ref
                 + "; ".join(pooled) + "."]
     if a.primary is not None:
         out += ["", _primary(a, u, scores, labels, power)]
+        secondary = _secondary(a, u)
+        if secondary:
+            out += ["", secondary]
     if sources is not None and not sources.empty:
         bad = sources[sources["status"] == "mismatch"]
         unchecked = int((sources["status"] == "unchecked").sum())
@@ -233,6 +239,58 @@ def _primary(a: Analysis, u: pd.DataFrame, scores, labels, power) -> str:
     if power is not None:
         text += f" Power (stated before the runs): {power.text()}."
     return text
+
+
+def _secondary(a: Analysis, u: pd.DataFrame) -> str | None:
+    """The primary endpoint's pooled pairs read the other declared ways: the other selection (gated /
+    ungated), each other DAM recipe against its own matched control, the links of the treatment's
+    decomposition, each DAM recipe against each control, and each ``secondary_metrics`` entry.
+    Pooled like the primary (its protocol, every dataset); descriptive: several looks at the same
+    runs, so no p here is a confirmation. Only for a primary with one treatment recipe."""
+    p = a.primary
+    u = u[u["protocol"] == p.protocol]
+    if u.empty or p.treatment == DAM:
+        # a pooled DAM treatment (study v2): its "Pooled over the datasets" line and the AUPRC
+        # tables already read it the other ways, and v2's committed record stays as it was
+        return None
+    sel = lambda metric, selection: f"ungated_{metric}" if selection == "ungated" else metric  # noqa: E731
+    other = "gated" if p.selection == "ungated" else "ungated"
+    looks: list[tuple[str, list[tuple[str, str]], str]] = []  # (label, arms, unit column)
+    primary_arms = endpoint_arms(a, u["recipe"].unique())
+    looks.append((f"the primary, {other}", primary_arms, sel(p.metric, other)))
+    if p.control == "matched":
+        for t in a.dam:
+            if t != p.treatment:
+                looks.append((f"`{t}` − its matched control, {p.selection}",
+                              endpoint_arms(a.model_copy(update={"primary": p.model_copy(update={"treatment": t})}),
+                                            u["recipe"].unique()), sel(p.metric, p.selection)))
+    for t, _ in primary_arms[:1]:
+        d = a.decompose.get(t)
+        chain = d.chain() if d else []
+        for (_, lower), (step, upper) in zip(chain, chain[1:]):
+            looks.append((f"the {step} effect, {p.selection}", [(upper, lower)], sel(p.metric, p.selection)))
+    for t in a.dam:
+        for c in a.controls:
+            looks.append((f"DAM − control, {p.selection}", [(t, c)], sel(p.metric, p.selection)))
+    for m in a.secondary_metrics:
+        looks.append((f"the primary on test {catalog.metric(m).short}, {p.selection}", primary_arms,
+                      sel(m, p.selection)))
+    # Reporting only: each run's gated and ungated candidates were fixed on validation during training
+    # (bench.train); their test numbers are read here, never compared to choose anything.
+    parts = []
+    for label, arms_, column in looks:
+        frames = [pair_diffs(u, t, c, column) for t, c in arms_]
+        d = pd.concat(frames)["d"].to_numpy(dtype=float) if frames else np.array([])
+        if len(d) == 0:
+            continue
+        missing = int((~np.isfinite(d)).sum())
+        names = ", ".join(f"`{t}` − `{c}`" for t, c in arms_)
+        parts.append(f"{label} ({names}): " + (f"not recorded for {missing} of {len(d)} pairs (the runs predate it)"
+                                                if missing else f"{_delta(d)} over {len(d)} pairs"))
+    if not parts:
+        return None
+    return ("Secondary endpoints (declared in the suite file; pooled like the primary; several looks at the same "
+            "runs, so each p is descriptive): " + "; ".join(parts) + ".")
 
 
 # Generated files README may carry a copy of: a suite's findings and a search's selection record.

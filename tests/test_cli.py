@@ -149,3 +149,17 @@ def test_checkpoints_load_weights_only(tmp_path):
         load_checkpoint(tmp_path / "bad.pt")
     torch.save({"w": torch.ones(2)}, tmp_path / "good.pt")
     assert load_checkpoint(tmp_path / "good.pt")["w"].sum() == 2
+
+
+def test_leaderboard_turns_off_mlflows_bar_per_downloaded_file(monkeypatch, tmp_path):
+    """bench leaderboard fetches prediction files run by run: one MLflow bar each was 186 lines of
+    log for study v3. The command turns them off unless the user set the variable."""
+    seen = []
+    monkeypatch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "x")  # restored (unset) after the test
+    monkeypatch.delenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
+    monkeypatch.setattr("leaderboard.build.build_leaderboard",
+                        lambda *a, **k: seen.append(os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")) or tmp_path)
+    assert invoke("leaderboard", "--suite", "gone_suite").exit_code == 0
+    monkeypatch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "true")  # a user's choice stands
+    assert invoke("leaderboard", "--suite", "gone_suite").exit_code == 0
+    assert seen == ["false", "true"]

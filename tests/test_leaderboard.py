@@ -244,7 +244,8 @@ def test_groups_name_their_code_and_flag_mixed_or_dirty_code():
 
 COMMITTED = sorted(p for p in (Path(__file__).parents[1] / "leaderboard").glob("*-runs.csv"))
 # the generated blocks README shows (its quick start, the studies' findings, the search record)
-README_BLOCKS = {"quick-findings.md", "study-findings.md", "confirm-findings.md", "search_v2-selection.md"}
+README_BLOCKS = {"quick-findings.md", "study-findings.md", "confirm-findings.md", "confirm_v3-findings.md",
+                 "search_v2-selection.md"}
 
 
 def _changed_since_commit(path) -> bool:

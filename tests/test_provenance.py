@@ -41,7 +41,9 @@ def test_every_run_records_its_code_and_other_code_does_not_count_as_done(synth_
     df = mlflow.search_runs(experiment_names=["medauc-bench/prov"], filter_string="tags.bench_role = 'cell'")
     assert df["tags.bench_code_digest"].tolist() == [provenance.code_digest()]
     assert df["tags.bench_git_dirty"].isin(["true", "false"]).all()
+    assert "other code" not in run_suite("prov", dry=True)
     # the same cell id under other code is not "done": resume runs it again, and says so
     monkeypatch.setattr("bench.tracking.code_digest", lambda: "0ther0c0de000")
+    assert "1 of the selected cells have FINISHED runs of other code only" in run_suite("prov", dry=True)
     again = run_suite("prov", progress=False, leaderboard=False)
     assert again.counts()["finished"] == 1 and again.counts()["skipped"] == 0

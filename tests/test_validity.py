@@ -276,6 +276,39 @@ def test_findings_report_gate_share_ungated_delta_effective_n_and_decomposition(
     assert f"**{expected:.3f} ± " in text and "effective n = 5" in text and "bootstrap 95% CI over seeds [" in text
 
 
+def test_secondary_endpoints_read_the_primary_pairs_the_other_declared_ways():
+    """Study v3 declared its secondaries (the gated Δ, the other DAM recipe's loss effect, the sampler
+    and optimizer effects, each DAM recipe − each control, the same pairs on AUPRC): the findings pool
+    each one like the primary, from the runs."""
+    gated = lambda s: s < 3  # noqa: E731
+    flat = lambda v: (lambda s: v + 0.001 * s, lambda s: False, lambda s: v + 0.001 * s)  # noqa: E731
+    runs = _runs({"ce": flat(0.80), "ce_ft": flat(0.80), "ce_ft_dual": flat(0.802), "ce_ft_pesg": flat(0.805),
+                  "ce_ft_pdsca": flat(0.81), "compauc_ft": (lambda s: 0.83, lambda s: False, lambda s: 0.815 + 0.001 * s),
+                  "aucm_ft": (lambda s: 0.80 if gated(s) else 0.82, gated, lambda s: 0.79 + 0.01 * s)})
+    runs["ungated_test_auprc"] = np.where(runs["recipe"] == "aucm_ft", 0.53, 0.50)
+    a = _analysis(primary={"treatment": "aucm_ft", "control": "matched", "selection": "ungated"},
+                  secondary_metrics=["test_auprc"],
+                  families={"dam": ["aucm_ft", "compauc_ft"]},
+                  decompose={"aucm_ft": {"adam": "ce_ft", "sampler": "ce_ft_dual", "optimizer": "ce_ft_pesg"},
+                             "compauc_ft": {"adam": "ce_ft", "sampler": "ce_ft_dual", "optimizer": "ce_ft_pdsca"}})
+    text = findings.findings("x", runs, A.aggregate(runs), a, catalog.load_reference())
+    line = next(x for x in text.splitlines() if x.startswith("Secondary endpoints"))
+    gated_d = np.mean([(0.80 if gated(s) else 0.82) - (0.805 + 0.001 * s) for s in range(5)])
+    assert f"the primary, gated (`aucm_ft` − `ce_ft_pesg`): {gated_d:.3f} ± " in line
+    assert "`compauc_ft` − its matched control, ungated (`compauc_ft` − `ce_ft_pdsca`): 0.005 ± 0.000" in line
+    assert "the sampler effect, ungated (`ce_ft_dual` − `ce_ft`): 0.002 ± 0.000" in line
+    assert "the optimizer effect, ungated (`ce_ft_pesg` − `ce_ft_dual`): 0.003 ± 0.000" in line
+    assert "DAM − control, ungated (`compauc_ft` − `ce`): 0.015 ± 0.000 [0.015, 0.015], 5/0/0, eff. n 5" in line
+    assert "the primary on test AUPRC, ungated (`aucm_ft` − `ce_ft_pesg`): 0.030 ± 0.000" in line
+    # runs that predate the ungated AUPRC: said, not computed from something else
+    old = findings.findings("x", runs.drop(columns="ungated_test_auprc"), A.aggregate(runs), a,
+                            catalog.load_reference())
+    assert "the primary on test AUPRC, ungated (`aucm_ft` − `ce_ft_pesg`): not recorded for 5 of 5 pairs" in old
+    # a pooled DAM treatment (study v2) keeps its findings as they were: its "Pooled" line reads it
+    v2 = a.model_copy(update={"primary": a.primary.model_copy(update={"treatment": "dam"})})
+    assert "Secondary endpoints" not in findings.findings("x", runs, A.aggregate(runs), v2, catalog.load_reference())
+
+
 def test_paper_verdicts_use_the_ci_and_carry_the_marks():
     runs = _runs({"ce": (lambda s: 0.89 + 0.01 * s, lambda s: False, lambda s: 0.0)}, dataset="breastmnist")
     runs.loc[0, "data_verified"] = False
