@@ -314,7 +314,7 @@ def _run(name: str, o: RunOptions, keep=None):
                       description=experiment_description(suite), system_metrics=o.system_metrics)
     tracker.mark_stale()
     finished = tracker.finished_cells()
-    other = tracker.other_code_cells({c.cell_id for c in cells})
+    other = tracker.other_code_cells({c.cell_id for c in cells} - set(finished))  # one query, not two
     other_note = (f"{other} of the selected cells have FINISHED runs of other code only (another bench_code_digest): "
                   "not reused, they run again; `bench leaderboard` still reads those runs (the newest of any code)"
                   if other else "")

@@ -144,11 +144,11 @@ class Tracker:
         return {r.data.tags["bench_cell_id"]: r.info.run_id for r in sorted(runs, key=lambda r: r.info.start_time)}
 
     def other_code_cells(self, cell_ids) -> int:
-        """How many of ``cell_ids`` have FINISHED runs here (or in the reused experiments) of other
-        code only: they are not reused and run again, which a user must hear before it costs hours."""
+        """How many of ``cell_ids`` (cells with no FINISHED run of this code) have FINISHED runs here, or
+        in the reused experiments, of other code: they run again, which a user must hear before it costs hours."""
         runs = self._search(f"attributes.status = 'FINISHED' and tags.bench_role = 'cell' "
                             f"and tags.bench_code_digest != '{code_digest()}'", reuse=True)
-        return len({r.data.tags.get("bench_cell_id") for r in runs} & (set(cell_ids) - set(self.finished_cells())))
+        return len({r.data.tags.get("bench_cell_id") for r in runs} & set(cell_ids))
 
     def finished_run(self, cell_id: str):
         runs = self._search(f"{self._done_filter()} and tags.bench_cell_id = '{cell_id}'", reuse=True)

@@ -12,10 +12,14 @@ from bench.analysis import DAM, Analysis
 from leaderboard.aggregate import PAIR_KEYS, pair_diffs
 
 
+def unit_column(metric: str, selection: str) -> str:
+    """The unit column of ``metric`` for a candidate: ``ungated_<metric>`` for the ungated one."""
+    return f"ungated_{metric}" if selection == "ungated" else metric
+
+
 def endpoint_metric(a: Analysis) -> str:
     """The unit column the endpoint compares: ``ungated_<metric>`` when it is declared ungated."""
-    p = a.primary
-    return f"ungated_{p.metric}" if p.selection == "ungated" else p.metric
+    return unit_column(a.primary.metric, a.primary.selection)
 
 
 def arms(a: Analysis, recipes) -> list[tuple[str, str]]:

@@ -30,7 +30,7 @@ from leaderboard.aggregate import (
     units,
 )
 from leaderboard.endpoint import arms as endpoint_arms
-from leaderboard.endpoint import describe, endpoint_metric, primary_pairs
+from leaderboard.endpoint import describe, endpoint_metric, primary_pairs, unit_column
 from leaderboard.format import fmt, fmt_p, table
 
 README = Path(__file__).resolve().parent.parent / "README.md"
@@ -253,33 +253,24 @@ def _secondary(a: Analysis, u: pd.DataFrame) -> str | None:
         # a pooled DAM treatment (study v2): its "Pooled over the datasets" line and the AUPRC
         # tables already read it the other ways, and v2's committed record stays as it was
         return None
-    sel = lambda metric, selection: f"ungated_{metric}" if selection == "ungated" else metric  # noqa: E731
     other = "gated" if p.selection == "ungated" else "ungated"
-    looks: list[tuple[str, list[tuple[str, str]], str]] = []  # (label, arms, unit column)
+    column = unit_column(p.metric, p.selection)
     primary_arms = endpoint_arms(a, u["recipe"].unique())
-    looks.append((f"the primary, {other}", primary_arms, sel(p.metric, other)))
+    looks = [(f"the primary, {other}", primary_arms, unit_column(p.metric, other))]  # (label, arms, unit column)
     if p.control == "matched":
-        for t in a.dam:
-            if t != p.treatment:
-                looks.append((f"`{t}` − its matched control, {p.selection}",
-                              endpoint_arms(a.model_copy(update={"primary": p.model_copy(update={"treatment": t})}),
-                                            u["recipe"].unique()), sel(p.metric, p.selection)))
-    for t, _ in primary_arms[:1]:
-        d = a.decompose.get(t)
-        chain = d.chain() if d else []
-        for (_, lower), (step, upper) in zip(chain, chain[1:]):
-            looks.append((f"the {step} effect, {p.selection}", [(upper, lower)], sel(p.metric, p.selection)))
-    for t in a.dam:
-        for c in a.controls:
-            looks.append((f"DAM − control, {p.selection}", [(t, c)], sel(p.metric, p.selection)))
-    for m in a.secondary_metrics:
-        looks.append((f"the primary on test {catalog.metric(m).short}, {p.selection}", primary_arms,
-                      sel(m, p.selection)))
+        looks += [(f"`{t}` − its matched control, {p.selection}", [(t, a.matched_control(t))], column)
+                  for t in a.dam if t != p.treatment and a.matched_control(t)]
+    chain = a.decompose[p.treatment].chain() if p.treatment in a.decompose else []
+    looks += [(f"the {step} effect, {p.selection}", [(upper, lower)], column)
+              for (_, lower), (step, upper) in zip(chain, chain[1:])]
+    looks += [(f"DAM − control, {p.selection}", [(t, c)], column) for t in a.dam for c in a.controls]
+    looks += [(f"the primary on test {catalog.metric(m).short}, {p.selection}", primary_arms,
+               unit_column(m, p.selection)) for m in a.secondary_metrics]
     # Reporting only: each run's gated and ungated candidates were fixed on validation during training
     # (bench.train); their test numbers are read here, never compared to choose anything.
     parts = []
-    for label, arms_, column in looks:
-        frames = [pair_diffs(u, t, c, column) for t, c in arms_]
+    for label, arms_, col in looks:
+        frames = [pair_diffs(u, t, c, col) for t, c in arms_]
         d = pd.concat(frames)["d"].to_numpy(dtype=float) if frames else np.array([])
         if len(d) == 0:
             continue
